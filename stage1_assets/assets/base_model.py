@@ -1,0 +1,62 @@
+"""`base_model`: resolve, guard and fingerprint the clean base model — the root of all lineage."""
+
+import time
+
+import dagster as dg
+
+from ..core.io import atomic_write_json
+from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
+
+
+@dg.asset(
+    group_name="model",
+    kinds={"pytorch", "huggingface"},
+    owners=["team:stage1"],
+    tags={"stage": "model"},
+    description=(
+        "The clean base (not instruction-tuned) causal LM that generates, critiques and judges all "
+        "data. Refuses instruction-tuned models and adapters (contamination guard). Writes "
+        "`data/base_model.json` with the model fingerprint every downstream artifact records."
+    ),
+)
+def base_model(
+    context: dg.AssetExecutionContext,
+    model: BaseModelResource,
+    paths: Stage1Paths,
+    provenance: ProvenanceResource,
+) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    info = model.load().info
+    manifest_path = paths.path("base_model.json")
+    atomic_write_json(manifest_path, info.as_dict())
+    provenance.record(
+        context,
+        started,
+        outputs={"base_model": (info.path, info.fingerprint)},
+        model_fingerprint=info.fingerprint,
+        params={"source": model.source, "device": info.device, "dtype": info.dtype},
+        metrics={"parameter_count": info.parameter_count, "load_seconds": info.load_seconds},
+        device=info.device,
+    )
+    guard = info.guard
+    return dg.MaterializeResult(
+        metadata={
+            "name": info.name,
+            "source": info.source,
+            "path": dg.MetadataValue.path(info.path),
+            "fingerprint": info.fingerprint,
+            "parameter_count": info.parameter_count,
+            "dtype": info.dtype,
+            "device": info.device,
+            "load_seconds": info.load_seconds,
+            "converted_from_gguf_now": info.converted_from_gguf,
+            "guard": dg.MetadataValue.md(
+                "\n".join(
+                    ["**clean base model**" if not guard.refused else "**guard overridden**"]
+                    + [f"- refusing signal: {r}" for r in guard.reasons]
+                    + [f"- note: {n}" for n in guard.notes]
+                )
+            ),
+        },
+        data_version=dg.DataVersion(info.fingerprint[:16]),
+    )

@@ -1,0 +1,25 @@
+"""Dagster run-config classes: the core pydantic models, exposed to the launchpad.
+
+Each class inherits its fields, bounds and defaults from `core.config`, so a value out of range
+is refused with the field name and the allowed range before any model work starts.
+"""
+
+import dagster as dg
+
+from .core.config import CriticParams, InstructionSampling, QCThresholds, ResponseSampling
+
+
+class InstructionSamplingConfig(dg.Config, InstructionSampling):
+    """Sampling for instruction generation (DESIGN.md: T=0.7, top_p=0.9, rep=1.1)."""
+
+
+class ResponseSamplingConfig(dg.Config, ResponseSampling):
+    """Sampling for response generation (DESIGN.md: T=0.4, top_p=0.9, rep=1.1, 100 tokens)."""
+
+
+class CriticConfig(dg.Config, CriticParams):
+    """Log-probability critic; a pair is accepted when its score reaches the threshold."""
+
+
+class QCConfig(dg.Config, QCThresholds):
+    """The five blocking QC thresholds (DESIGN.md)."""

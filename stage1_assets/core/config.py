@@ -1,0 +1,142 @@
+"""Typed, validated parameters with the DESIGN.md defaults.
+
+These are plain pydantic models so that `core` runs without Dagster (on the GPU box, in
+benchmarks). The Dagster run-config classes in `stage1_assets.config` inherit from them, so a
+bound is written once and enforced both in the UI's run config and in plain Python.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STOP_SEQUENCES: tuple[str, ...] = ("\nInstruction", "\nQ:", "\n###", "\nUser:", "\nResponse:")
+
+
+class Strict(BaseModel):
+    """Unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingParams(Strict):
+    temperature: float = Field(
+        default=0.7, ge=0.0, le=2.0, description="Softmax temperature; 0 means greedy decoding."
+    )
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling mass, in (0, 1].")
+    repetition_penalty: float = Field(
+        default=1.1, ge=1.0, le=2.0, description="HF-style penalty on already-seen tokens, in [1, 2]."
+    )
+    max_new_tokens: int = Field(default=48, ge=1, le=2048, description="Generation length cap.")
+    stop_sequences: list[str] = Field(
+        default_factory=lambda: list(STOP_SEQUENCES),
+        description="Strings that end a completion; they are cut from the returned text.",
+    )
+
+    @model_validator(mode="after")
+    def _stops_not_empty_strings(self) -> SamplingParams:
+        if any(s == "" for s in self.stop_sequences):
+            raise ValueError("stop_sequences: empty string is not a valid stop sequence")
+        return self
+
+
+class InstructionSampling(SamplingParams):
+    """Validated pilot parameters for instruction generation (short completions)."""
+
+
+class ResponseSampling(SamplingParams):
+    """Validated pilot parameters for response generation."""
+
+    temperature: float = Field(default=0.4, ge=0.0, le=2.0, description="Softmax temperature; 0 = greedy.")
+    max_new_tokens: int = Field(default=100, ge=1, le=2048, description="Generation length cap.")
+
+
+class CriticParams(Strict):
+    confidence_threshold: float = Field(
+        default=1.0,
+        ge=-10.0,
+        le=10.0,
+        description=(
+            "A pair is accepted when its critic score reaches this value. The score is the "
+            "per-token pointwise mutual information of the response given the instruction, in "
+            "nats/token, scaled by 2 (see core/critic.py)."
+        ),
+    )
+    batch_size: int = Field(default=16, ge=1, le=4096, description="Pairs per forward pass.")
+
+
+class QCThresholds(Strict):
+    max_runaway_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Runaway rate must be below.")
+    max_token_limit_rate: float = Field(
+        default=0.10, ge=0.0, le=1.0, description="Share of responses that hit max new tokens must be below."
+    )
+    max_median_response_tokens: float = Field(
+        default=40.0, gt=0.0, le=100_000, description="Median response length in tokens must be below."
+    )
+    max_delimiter_leakage: int = Field(
+        default=0, ge=0, description="Responses containing template delimiters: at most this many."
+    )
+    min_acceptance_rate: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Critic-accepted share of pairs must be at least."
+    )
+    runaway_max_chars: int = Field(
+        default=500, ge=1, description="A response longer than this many characters counts as runaway."
+    )
+    min_critic_discrimination: float = Field(
+        default=0.75,
+        ge=0.5,
+        le=1.0,
+        description="Share of real pairs the critic must score above their shuffled twins.",
+    )
+
+
+class Profile(Strict):
+    name: str
+    test_count: int = Field(ge=1, description="Held-out test instructions.")
+    pilot_count: int = Field(ge=2, description="Pilot pairs per iteration.")
+    total_pairs: int = Field(ge=1, description="Pairs generated across all scale shards.")
+    num_shards: int = Field(ge=1, le=10_000, description="Scale shards (one Dagster partition each).")
+    generation_batch_size: int = Field(ge=1, le=4096)
+    epochs: int = Field(ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Profile:
+        if self.num_shards > self.total_pairs:
+            raise ValueError(
+                f"num_shards ({self.num_shards}) must not exceed total_pairs ({self.total_pairs})"
+            )
+        return self
+
+    @property
+    def shard_size(self) -> int:
+        return -(-self.total_pairs // self.num_shards)
+
+
+PROFILES: dict[str, Profile] = {
+    "local": Profile(
+        name="local",
+        test_count=8,
+        pilot_count=16,
+        total_pairs=48,
+        num_shards=3,
+        generation_batch_size=16,
+        epochs=1,
+    ),
+    "full": Profile(
+        name="full",
+        test_count=200,
+        pilot_count=200,
+        total_pairs=15_000,
+        num_shards=10,
+        generation_batch_size=256,
+        epochs=3,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"STAGE1_PROFILE={name!r} is not a profile; expected one of {sorted(PROFILES)}"
+        ) from None

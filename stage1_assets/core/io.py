@@ -1,0 +1,126 @@
+"""Atomic file output, content hashing and validated JSONL input.
+
+Every artifact goes through `atomic_write*`: the bytes land in a temporary file in the same
+directory, are fsynced, then renamed over the target, so a crash never leaves a half-written file
+that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class InputFileError(ValueError):
+    """A user-supplied file is unusable; the message names the file, the line and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success it is renamed onto `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> Path:
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise OSError(exc.errno, f"could not write {target}: {exc.strerror or exc}") from exc
+    return Path(target)
+
+
+def atomic_write_text(target: Path, text: str) -> Path:
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: Path, obj: Any) -> Path:
+    return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+
+
+def atomic_write_jsonl(target: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    return atomic_write_text(target, jsonl_text(rows))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """Hash of a JSON-serialisable object that does not depend on key order."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Read a JSONL file, refusing anything ambiguous with the file and line named.
+
+    Refuses: a missing or empty file, non-UTF-8 bytes, a malformed or non-object line, a
+    missing/empty required string field, duplicate `id`s. Blank lines are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: file does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise InputFileError(
+            f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    rows: list[dict[str, Any]] = []
+    seen_ids: dict[str, int] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputFileError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise InputFileError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        for field in required:
+            value = row.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise InputFileError(f"{path}:{line_no}: field {field!r} is missing or empty")
+        if "id" in row:
+            row_id = str(row["id"])
+            if row_id in seen_ids:
+                raise InputFileError(
+                    f"{path}:{line_no}: duplicate id {row_id!r} (first seen on line {seen_ids[row_id]})"
+                )
+            seen_ids[row_id] = line_no
+        rows.append(row)
+    if not rows:
+        raise InputFileError(f"{path}: file is empty; expected one JSON object per line")
+    return rows

