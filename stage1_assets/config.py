@@ -1,12 +1,18 @@
 """Dagster run-config classes: the core pydantic models, exposed to the launchpad.
 
 Each class inherits its fields, bounds and defaults from `core.config`, so a value out of range
-is refused with the field name and the allowed range before any model work starts.
+is refused with the field name and the allowed range before any model work starts. Counts
+default to the active profile (`STAGE1_PROFILE`, read when the code location loads).
 """
 
-import dagster as dg
+import os
 
-from .core.config import CriticParams, InstructionSampling, QCThresholds, ResponseSampling
+import dagster as dg
+from pydantic import Field
+
+from .core.config import CriticParams, InstructionSampling, QCThresholds, ResponseSampling, get_profile
+
+PROFILE = get_profile(os.environ.get("STAGE1_PROFILE", "local"))
 
 
 class InstructionSamplingConfig(dg.Config, InstructionSampling):
@@ -23,3 +29,12 @@ class CriticConfig(dg.Config, CriticParams):
 
 class QCConfig(dg.Config, QCThresholds):
     """The five blocking QC thresholds (DESIGN.md)."""
+
+
+class GenerationConfig(dg.Config):
+    """Everything that decides how pairs are generated; scale shards reuse the pilot's values."""
+
+    instruction_sampling: InstructionSamplingConfig = InstructionSamplingConfig()
+    response_sampling: ResponseSamplingConfig = ResponseSamplingConfig()
+    critic: CriticConfig = CriticConfig()
+    batch_size: int = Field(default=PROFILE.generation_batch_size, ge=1, le=4096, description="Rows per batch.")

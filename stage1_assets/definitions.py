@@ -3,10 +3,12 @@
 import dagster as dg
 
 from .assets.base_model import base_model
+from .assets.pilot_data import pilot_data
+from .assets.test_instructions import test_instructions
 from .resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
 defs = dg.Definitions(
-    assets=[base_model],
+    assets=[base_model, test_instructions, pilot_data],
     resources={
         "model": BaseModelResource(),
         "paths": Stage1Paths(),

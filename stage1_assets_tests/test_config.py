@@ -16,7 +16,12 @@ from stage1_assets.core.config import (
 def test_defaults_are_the_design_values():
     ins, resp = InstructionSampling(), ResponseSampling()
     assert (ins.temperature, ins.top_p, ins.repetition_penalty) == (0.7, 0.9, 1.1)
-    assert (resp.temperature, resp.top_p, resp.repetition_penalty, resp.max_new_tokens) == (0.4, 0.9, 1.1, 100)
+    assert (resp.temperature, resp.top_p, resp.repetition_penalty, resp.max_new_tokens) == (
+        0.4,
+        0.9,
+        1.1,
+        100,
+    )
     assert tuple(resp.stop_sequences) == STOP_SEQUENCES
     assert CriticParams().confidence_threshold == 1.0
     qc = QCThresholds()

@@ -19,9 +19,7 @@ class Strict(BaseModel):
 
 
 class SamplingParams(Strict):
-    temperature: float = Field(
-        default=0.7, ge=0.0, le=2.0, description="Softmax temperature; 0 means greedy decoding."
-    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Softmax temperature; 0 means greedy decoding.")
     top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling mass, in (0, 1].")
     repetition_penalty: float = Field(
         default=1.1, ge=1.0, le=2.0, description="HF-style penalty on already-seen tokens, in [1, 2]."
@@ -57,8 +55,8 @@ class CriticParams(Strict):
         le=10.0,
         description=(
             "A pair is accepted when its critic score reaches this value. The score is the "
-            "per-token pointwise mutual information of the response given the instruction, in "
-            "nats/token, scaled by 2 (see core/critic.py)."
+            "per-token pointwise mutual information of the response with its instruction, in "
+            "nats/token (see core/critic.py); shuffled responses score near or below 0."
         ),
     )
     batch_size: int = Field(default=16, ge=1, le=4096, description="Pairs per forward pass.")
@@ -101,9 +99,7 @@ class Profile(Strict):
     @model_validator(mode="after")
     def _shards_fit(self) -> Profile:
         if self.num_shards > self.total_pairs:
-            raise ValueError(
-                f"num_shards ({self.num_shards}) must not exceed total_pairs ({self.total_pairs})"
-            )
+            raise ValueError(f"num_shards ({self.num_shards}) must not exceed total_pairs ({self.total_pairs})")
         return self
 
     @property
@@ -137,6 +133,4 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(
-            f"STAGE1_PROFILE={name!r} is not a profile; expected one of {sorted(PROFILES)}"
-        ) from None
+        raise ValueError(f"STAGE1_PROFILE={name!r} is not a profile; expected one of {sorted(PROFILES)}") from None

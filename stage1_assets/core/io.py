@@ -95,9 +95,7 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line_no = raw[: exc.start].count(b"\n") + 1
-        raise InputFileError(
-            f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
-        ) from None
+        raise InputFileError(f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     rows: list[dict[str, Any]] = []
     seen_ids: dict[str, int] = {}
     for line_no, line in enumerate(text.splitlines(), start=1):

@@ -168,11 +168,7 @@ def fingerprint_dir(path: Path) -> str:
     cache = _read_json(cache_file)
     files = sorted(
         {p for pattern in WEIGHT_FILE_PATTERNS for p in path.glob(pattern)}
-        | {
-            path / n
-            for n in ("config.json", "generation_config.json", *TOKENIZER_FILES)
-            if (path / n).exists()
-        }
+        | {path / n for n in ("config.json", "generation_config.json", *TOKENIZER_FILES) if (path / n).exists()}
     )
     if not any(p.suffix in (".safetensors", ".bin", ".gguf") for p in files):
         raise ModelSourceError(f"{path}: no weight files (*.safetensors, *.bin, *.gguf) found")
@@ -247,14 +243,10 @@ def resolve_source(source: str, models_dir: Path, allow_hub: bool) -> tuple[Path
     candidate = Path(source).expanduser()
     if candidate.exists():
         if not candidate.is_dir():
-            raise ModelSourceError(
-                f"model path {candidate} is a file; expected a Hugging Face model directory"
-            )
+            raise ModelSourceError(f"model path {candidate} is a file; expected a Hugging Face model directory")
         return candidate, candidate.name, False
     if source.startswith((".", "/", "~")):
-        raise ModelSourceError(
-            f"model path {candidate} does not exist; expected a Hugging Face model directory"
-        )
+        raise ModelSourceError(f"model path {candidate} does not exist; expected a Hugging Face model directory")
     if not allow_hub:
         raise ModelSourceError(
             f"model source {source!r} is neither {EMBEDDED!r} nor an existing directory, and hub downloads "
@@ -274,8 +266,7 @@ def apply_guard(verdict: GuardVerdict, allow_instruction_tuned: bool, override_r
     if allow_instruction_tuned:
         if not (override_reason or "").strip():
             raise ModelGuardError(
-                "allow_instruction_tuned=true needs a non-empty override_reason "
-                "(it is recorded in provenance)"
+                "allow_instruction_tuned=true needs a non-empty override_reason (it is recorded in provenance)"
             )
         verdict.override_reason = override_reason
         verdict.notes.append("guard overridden: " + override_reason)

@@ -1,0 +1,94 @@
+"""Canonical completion-style prompts: instruction generation, response generation, critic, judge.
+
+A base model does not follow instructions; it continues documents. Each prompt is therefore a
+document whose natural continuation is exactly one instruction or one response, ended by the
+next delimiter (a stop sequence). `PROMPT_VERSION` is a hash of every template and exemplar
+pool, so any change to wording or shots shows up in provenance.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from .io import read_jsonl, sha256_file, stable_hash
+
+EXEMPLARS_DIR = Path(__file__).resolve().parents[2] / "data" / "exemplars"
+TRAIN_POOL = "train_instructions.jsonl"
+TEST_POOL = "test_instructions.jsonl"
+QA_SHOTS = "qa_shots.jsonl"
+
+INSTRUCTION_HEADER = "A list of clear, self-contained requests that people sent to a helpful assistant.\n\n"
+INSTRUCTION_LINE = "Instruction: {instruction}\n"
+RESPONSE_HEADER = (
+    "Below are requests sent to a helpful assistant, each followed by the assistant's accurate, concise response.\n\n"
+)
+PAIR_BLOCK = "Instruction: {instruction}\nResponse: {response}\n\n"
+RESPONSE_CUE = "Instruction: {instruction}\nResponse:"
+# The critic's unconditional context: the same document with the instruction withheld, so that
+# log p(response | instruction) - log p(response | no instruction) measures how much the
+# response depends on *this* instruction (pointwise mutual information).
+UNCONDITIONAL_CUE = "Response:"
+
+# Strings a response must never contain: they belong to the template, not to an answer.
+TEMPLATE_DELIMITERS: tuple[str, ...] = ("Instruction:", "Response:", "<start_of_turn>", "<end_of_turn>")
+
+INSTRUCTION_SHOTS = 8
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    id: str
+    category: str
+    instruction: str
+    response: str | None = None
+
+
+@cache
+def load_pool(name: str, exemplars_dir: Path = EXEMPLARS_DIR) -> tuple[Exemplar, ...]:
+    required = ("instruction", "response") if name == QA_SHOTS else ("instruction",)
+    rows = read_jsonl(exemplars_dir / name, required=required)
+    return tuple(
+        Exemplar(
+            id=r["id"],
+            category=r.get("category", ""),
+            instruction=r["instruction"],
+            response=r.get("response"),
+        )
+        for r in rows
+    )
+
+
+@cache
+def prompt_version(exemplars_dir: Path = EXEMPLARS_DIR) -> str:
+    templates = [INSTRUCTION_HEADER, INSTRUCTION_LINE, RESPONSE_HEADER, PAIR_BLOCK, RESPONSE_CUE,
+                 UNCONDITIONAL_CUE, TEMPLATE_DELIMITERS, INSTRUCTION_SHOTS]  # fmt: skip
+    pools = {name: sha256_file(exemplars_dir / name) for name in (TRAIN_POOL, TEST_POOL, QA_SHOTS)}
+    return "p1-" + stable_hash([templates, pools])[:12]
+
+
+def instruction_prompt(pool: tuple[Exemplar, ...], rng: random.Random) -> str:
+    """A few-shot list of instructions ending in an open `Instruction:` line for the model to fill."""
+    shots = rng.sample(pool, k=min(INSTRUCTION_SHOTS, len(pool)))
+    lines = "".join(INSTRUCTION_LINE.format(instruction=s.instruction) for s in shots)
+    return INSTRUCTION_HEADER + lines + "Instruction:"
+
+
+def shots_document(shots: tuple[Exemplar, ...]) -> str:
+    return RESPONSE_HEADER + "".join(PAIR_BLOCK.format(instruction=s.instruction, response=s.response) for s in shots)
+
+
+def response_prompt(instruction: str, shots: tuple[Exemplar, ...]) -> str:
+    """The response-generation prompt; the SFT template and the evaluation use the same one."""
+    return shots_document(shots) + RESPONSE_CUE.format(instruction=instruction.strip())
+
+
+def unconditional_prompt(shots: tuple[Exemplar, ...]) -> str:
+    return shots_document(shots) + UNCONDITIONAL_CUE
+
+
+def clean_instruction(text: str) -> str:
+    """First line of a generated instruction, whitespace-normalised."""
+    return " ".join(text.strip().splitlines()[0].split()) if text.strip() else ""
