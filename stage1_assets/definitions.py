@@ -4,11 +4,17 @@ import dagster as dg
 
 from .assets.base_model import base_model
 from .assets.pilot_data import pilot_data
+from .assets.qc_summary import qc_summary
+from .assets.scale_shards import scale_shards
+from .assets.sft_dataset import sft_dataset
 from .assets.test_instructions import test_instructions
 from .resources import BaseModelResource, ProvenanceResource, Stage1Paths
+from .schedules import missing_shards_schedule, scale_shards_job
 
 defs = dg.Definitions(
-    assets=[base_model, test_instructions, pilot_data],
+    assets=[base_model, test_instructions, pilot_data, scale_shards, sft_dataset, qc_summary],
+    jobs=[scale_shards_job],
+    schedules=[missing_shards_schedule],
     resources={
         "model": BaseModelResource(),
         "paths": Stage1Paths(),

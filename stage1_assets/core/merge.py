@@ -1,0 +1,141 @@
+"""Merge shards into the SFT dataset: keep accepted pairs, deduplicate, decontaminate.
+
+Decontamination against the held-out test set drops a pair when its instruction or response
+contains a 13-word n-gram of a test instruction (the whole normalised test instruction when it is
+shorter than 13 words), or when its instruction near-duplicates one (shingle Jaccard, as in
+`dedup`). Every removed row is kept with its reason, so the UI can show what was dropped and why.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import dedup
+
+CONTAMINATION_NGRAM = 13
+
+
+def ngrams(text: str, n: int) -> set[str]:
+    words = dedup.normalize(text).split()
+    if len(words) < n:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+class TestSetIndex:
+    """Long n-grams and shingle sets of the test instructions, for fast overlap lookups."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, test_instructions: Sequence[str], n: int = CONTAMINATION_NGRAM) -> None:
+        self.n = n
+        self.grams: dict[str, int] = {}
+        self.short: dict[str, int] = {}  # test instructions shorter than n words, matched whole
+        for i, text in enumerate(test_instructions):
+            words = dedup.normalize(text).split()
+            if len(words) < n:
+                self.short[" ".join(words)] = i
+            for g in ngrams(text, n) if len(words) >= n else ():
+                self.grams[g] = i
+        self.shingles = [dedup.shingles(t) for t in test_instructions]
+        self.by_shingle: dict[str, list[int]] = {}
+        for i, sh in enumerate(self.shingles):
+            for s in sh:
+                self.by_shingle.setdefault(s, []).append(i)
+        self.texts = list(test_instructions)
+
+    def overlap(self, text: str) -> tuple[int, str] | None:
+        """(test index, reason) when `text` shares a long n-gram with, or contains, a test instruction."""
+        norm = dedup.normalize(text)
+        for g in ngrams(text, self.n):
+            if g in self.grams:
+                return self.grams[g], f"shares a {self.n}-gram"
+        padded = f" {norm} "
+        for short, i in self.short.items():
+            if short and f" {short} " in padded:
+                return i, "contains a whole test instruction"
+        return None
+
+    def near_duplicate(
+        self, instruction: str, threshold: float = dedup.NEAR_DUPLICATE_JACCARD
+    ) -> tuple[int, str] | None:
+        sh = dedup.shingles(instruction)
+        candidates = {i for s in sh for i in self.by_shingle.get(s, ())}
+        best = max(((dedup.jaccard(sh, self.shingles[i]), i) for i in candidates), default=(0.0, -1))
+        return (best[1], f"near-duplicate (jaccard {best[0]:.2f})") if best[0] >= threshold else None
+
+    def contamination(self, instruction: str, response: str) -> str | None:
+        for field_name, text in (("instruction", instruction), ("response", response)):
+            hit = self.overlap(text)
+            if hit:
+                return f"{field_name} {hit[1]} with {self.texts[hit[0]]!r}"
+        near = self.near_duplicate(instruction)
+        if near:
+            return f"instruction is a {near[1]} of {self.texts[near[0]]!r}"
+        return None
+
+
+@dataclass
+class MergeResult:
+    kept: list[dict[str, Any]]
+    removed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def removed_by_step(self) -> dict[str, int]:
+        return dict(Counter(r["step"] for r in self.removed))
+
+
+def merge_shards(rows: Sequence[dict[str, Any]], test_instructions: Sequence[str]) -> MergeResult:
+    """Accepted, deduplicated, decontaminated pairs (in input order) and every removed row with why."""
+    removed: list[dict[str, Any]] = []
+
+    def drop(row: dict[str, Any], step: str, why: str) -> None:
+        removed.append({"id": row["id"], "step": step, "why": why, "instruction": row["instruction"]})
+
+    accepted = []
+    for row in rows:
+        if row["accepted"]:
+            accepted.append(row)
+        else:
+            drop(row, "critic_rejected", f"critic score {row['critic_score']:.3f} below threshold")
+    kept_idx, dropped = dedup.deduplicate([r["instruction"] for r in accepted])
+    for idx, (dup_of, how) in sorted(dropped.items()):
+        drop(accepted[idx], "duplicate", f"{how.split(':')[0]} duplicate of {accepted[dup_of]['id']}")
+    index = TestSetIndex(test_instructions)
+    kept = []
+    for idx in kept_idx:
+        row = accepted[idx]
+        why = index.contamination(row["instruction"], row["response"])
+        if why:
+            drop(row, "test_overlap", why)
+        else:
+            kept.append(row)
+    return MergeResult(kept, removed)
+
+
+def cost_summary(
+    accelerator_seconds_by_shard: dict[str, float],
+    num_shards: int,
+    accepted_pairs: int,
+    price_per_accelerator_hour: float,
+    budget: float,
+) -> dict[str, Any]:
+    """Spend so far, per 1,000 accepted pairs, and the projection for all `num_shards` shards."""
+    done = len(accelerator_seconds_by_shard)
+    seconds = sum(accelerator_seconds_by_shard.values())
+    spend = seconds / 3600 * price_per_accelerator_hour
+    per_shard = spend / done if done else 0.0
+    projected = spend + per_shard * max(num_shards - done, 0)
+    return {
+        "accelerator_seconds": seconds,
+        "shards_done": done,
+        "num_shards": num_shards,
+        "spend": round(spend, 4),
+        "spend_per_1000_accepted": round(spend / accepted_pairs * 1000, 4) if accepted_pairs else None,
+        "projected_total": round(projected, 4),
+        "budget": budget,
+        "within_budget": projected <= budget,
+    }

@@ -1,0 +1,44 @@
+"""Scheduled shard backfill: on each tick, launch runs only for shards that are missing or failed."""
+
+import dagster as dg
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+from .assets.scale_shards import SHARD_PARTITIONS, scale_shards
+
+SHARD_ASSET = dg.AssetKey("scale_shards")
+
+scale_shards_job = dg.define_asset_job(
+    "scale_shards_job",
+    selection=[scale_shards],
+    partitions_def=SHARD_PARTITIONS,
+    description="Generate one scale shard (backfill it over all or some partitions).",
+)
+
+
+def shards_to_launch(instance: dg.DagsterInstance) -> list[str]:
+    """Shards with no successful materialization and no run queued or in progress.
+
+    A shard whose last run failed has no materialization, so it is launched again (and resumes
+    from its checkpointed batches); a shard already running is left alone.
+    """
+    done = instance.get_materialized_partitions(SHARD_ASSET)
+    in_flight = {
+        run.tags.get("dagster/partition")
+        for run in instance.get_runs(
+            filters=dg.RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES, job_name=scale_shards_job.name)
+        )
+    }
+    return [k for k in SHARD_PARTITIONS.get_partition_keys() if k not in done and k not in in_flight]
+
+
+@dg.schedule(
+    job=scale_shards_job,
+    cron_schedule="*/15 * * * *",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Every 15 minutes, launch a run for each shard that is missing or failed (turn on in the UI).",
+)
+def missing_shards_schedule(context: dg.ScheduleEvaluationContext):
+    keys = shards_to_launch(context.instance)
+    if not keys:
+        return dg.SkipReason("every shard is materialized or has a run in flight")
+    return [dg.RunRequest(partition_key=k, tags={"stage1/trigger": "missing_shards_schedule"}) for k in keys]
