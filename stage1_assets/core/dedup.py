@@ -1,32 +1,64 @@
 """Exact and near-duplicate detection for short texts (instructions).
 
-Near-duplicates: Jaccard similarity of word 3-gram shingles of the normalised text. Candidate
-pairs come from an inverted index on shingles, so only texts that share a shingle are compared.
+Near-duplicates: Jaccard similarity of the sets of normalised words, at least 0.8 ("What causes
+the ocean tides?" vs "What causes ocean tides?" is 0.8; "What is the capital of France?" vs
+"... of Spain?" is 0.71 and both are kept). Candidates come from prefix filtering: with every
+set's words sorted in one global order (rarest first), two sets with Jaccard >= t must share a
+word among the first |s| - ceil(t |s|) + 1 of each, so only those words are indexed. That makes
+15,000 instructions a fraction of a second instead of a quadratic scan.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 
-SHINGLE_WORDS = 3
-NEAR_DUPLICATE_JACCARD = 0.6
+NEAR_DUPLICATE_JACCARD = 0.8
 
 
 def normalize(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-def shingles(text: str, size: int = SHINGLE_WORDS) -> frozenset[str]:
-    words = normalize(text).split()
-    if len(words) <= size:
-        return frozenset([" ".join(words)]) if words else frozenset()
-    return frozenset(" ".join(words[i : i + size]) for i in range(len(words) - size + 1))
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(normalize(text).split())
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
+
+
+def word_frequencies(texts: Iterable[str]) -> Counter[str]:
+    return Counter(w for t in texts for w in word_set(t))
+
+
+class NearDuplicateIndex:
+    """Indexed word sets answering "which stored text is at least `threshold` similar to this one?"."""
+
+    def __init__(self, frequencies: Counter[str], threshold: float = NEAR_DUPLICATE_JACCARD) -> None:
+        self.frequencies, self.threshold = frequencies, threshold
+        self.sets: dict[Hashable, frozenset[str]] = {}
+        self.postings: dict[str, list[Hashable]] = defaultdict(list)
+
+    def _prefix(self, words: frozenset[str]) -> list[str]:
+        ordered = sorted(words, key=lambda w: (self.frequencies.get(w, 0), w))
+        return ordered[: len(ordered) - math.ceil(self.threshold * len(ordered)) + 1]
+
+    def add(self, key: Hashable, text: str) -> None:
+        words = word_set(text)
+        self.sets[key] = words
+        for w in self._prefix(words):
+            self.postings[w].append(key)
+
+    def best_match(self, text: str) -> tuple[Hashable, float] | None:
+        words = word_set(text)
+        if not words:
+            return None
+        candidates = {k for w in self._prefix(words) for k in self.postings.get(w, ())}
+        best = max(((jaccard(words, self.sets[k]), k) for k in candidates), default=(0.0, None), key=lambda x: x[0])
+        return (best[1], best[0]) if best[0] >= self.threshold else None
 
 
 def deduplicate(
@@ -34,30 +66,22 @@ def deduplicate(
 ) -> tuple[list[int], dict[int, tuple[int, str]]]:
     """Keep the first of each group of duplicates.
 
-    Returns (kept indices, {dropped index: (index it duplicates, "exact" | "near:<jaccard>")}).
+    Returns (kept indices, {dropped index: (index it duplicates, "exact" | "near:<jaccard>" | "empty")}).
     """
     kept: list[int] = []
     dropped: dict[int, tuple[int, str]] = {}
     exact_seen: dict[str, int] = {}
-    index: dict[str, list[int]] = defaultdict(list)
-    sets: dict[int, frozenset[str]] = {}
+    index = NearDuplicateIndex(word_frequencies(texts), threshold)
     for i, text in enumerate(texts):
         norm = normalize(text)
         if not norm:
             dropped[i] = (i, "empty")
-            continue
-        if norm in exact_seen:
+        elif norm in exact_seen:
             dropped[i] = (exact_seen[norm], "exact")
-            continue
-        sh = shingles(text)
-        candidates = {j for s in sh for j in index[s]}
-        best = max(((jaccard(sh, sets[j]), j) for j in candidates), default=(0.0, -1))
-        if best[0] >= threshold:
-            dropped[i] = (best[1], f"near:{best[0]:.2f}")
-            continue
-        exact_seen[norm] = i
-        sets[i] = sh
-        for s in sh:
-            index[s].append(i)
-        kept.append(i)
+        elif match := index.best_match(text):
+            dropped[i] = (int(match[0]), f"near:{match[1]:.2f}")  # type: ignore[arg-type]
+        else:
+            exact_seen[norm] = i
+            index.add(i, text)
+            kept.append(i)
     return kept, dropped

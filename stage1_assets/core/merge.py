@@ -2,7 +2,7 @@
 
 Decontamination against the held-out test set drops a pair when its instruction or response
 contains a 13-word n-gram of a test instruction (the whole normalised test instruction when it is
-shorter than 13 words), or when its instruction near-duplicates one (shingle Jaccard, as in
+shorter than 13 words), or when its instruction near-duplicates one (word-set Jaccard, as in
 `dedup`). Every removed row is kept with its reason, so the UI can show what was dropped and why.
 """
 
@@ -26,7 +26,7 @@ def ngrams(text: str, n: int) -> set[str]:
 
 
 class TestSetIndex:
-    """Long n-grams and shingle sets of the test instructions, for fast overlap lookups."""
+    """Long n-grams and word sets of the test instructions, for fast overlap lookups."""
 
     __test__ = False  # not a pytest class
 
@@ -40,11 +40,9 @@ class TestSetIndex:
                 self.short[" ".join(words)] = i
             for g in ngrams(text, n) if len(words) >= n else ():
                 self.grams[g] = i
-        self.shingles = [dedup.shingles(t) for t in test_instructions]
-        self.by_shingle: dict[str, list[int]] = {}
-        for i, sh in enumerate(self.shingles):
-            for s in sh:
-                self.by_shingle.setdefault(s, []).append(i)
+        self.near = dedup.NearDuplicateIndex(dedup.word_frequencies(test_instructions))
+        for i, text in enumerate(test_instructions):
+            self.near.add(i, text)
         self.texts = list(test_instructions)
 
     def overlap(self, text: str) -> tuple[int, str] | None:
@@ -59,13 +57,9 @@ class TestSetIndex:
                 return i, "contains a whole test instruction"
         return None
 
-    def near_duplicate(
-        self, instruction: str, threshold: float = dedup.NEAR_DUPLICATE_JACCARD
-    ) -> tuple[int, str] | None:
-        sh = dedup.shingles(instruction)
-        candidates = {i for s in sh for i in self.by_shingle.get(s, ())}
-        best = max(((dedup.jaccard(sh, self.shingles[i]), i) for i in candidates), default=(0.0, -1))
-        return (best[1], f"near-duplicate (jaccard {best[0]:.2f})") if best[0] >= threshold else None
+    def near_duplicate(self, instruction: str) -> tuple[int, str] | None:
+        match = self.near.best_match(instruction)
+        return (int(match[0]), f"near-duplicate (jaccard {match[1]:.2f})") if match else None  # type: ignore[arg-type]
 
     def contamination(self, instruction: str, response: str) -> str | None:
         for field_name, text in (("instruction", instruction), ("response", response)):
