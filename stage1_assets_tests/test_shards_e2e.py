@@ -83,6 +83,8 @@ def test_two_shards_materialize_concurrently_with_all_provenance(tmp_path, real_
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(home)):
+        pass  # the instance's storage exists before runs start, as under `dagster dev`
     # one thread each: two processes share this machine's cores, as two shard runs would share a host
     env = {**os.environ, "DAGSTER_HOME": str(home), "STAGE1_DATA_DIR": str(data), "STAGE1_PROFILE": "local",
            "OMP_NUM_THREADS": "1"}  # fmt: skip

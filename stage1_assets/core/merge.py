@@ -18,43 +18,38 @@ from . import dedup
 CONTAMINATION_NGRAM = 13
 
 
-def ngrams(text: str, n: int) -> set[str]:
-    words = dedup.normalize(text).split()
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
 class TestSetIndex:
-    """Long n-grams and word sets of the test instructions, for fast overlap lookups."""
+    """Word patterns and word sets of the test instructions, for fast overlap lookups.
+
+    A test instruction contributes its 13-word n-grams, or itself whole when shorter; a text
+    overlaps the test set when one of these patterns occurs in it as consecutive words. Patterns
+    are indexed by their first word, so a lookup compares only a few candidates per position.
+    """
 
     __test__ = False  # not a pytest class
 
     def __init__(self, test_instructions: Sequence[str], n: int = CONTAMINATION_NGRAM) -> None:
         self.n = n
-        self.grams: dict[str, int] = {}
-        self.short: dict[str, int] = {}  # test instructions shorter than n words, matched whole
+        self.texts = list(test_instructions)
+        self.patterns: dict[str, list[tuple[tuple[str, ...], int]]] = {}
         for i, text in enumerate(test_instructions):
-            words = dedup.normalize(text).split()
-            if len(words) < n:
-                self.short[" ".join(words)] = i
-            for g in ngrams(text, n) if len(words) >= n else ():
-                self.grams[g] = i
+            words = tuple(dedup.normalize(text).split())
+            grams = {words[k : k + n] for k in range(len(words) - n + 1)} if len(words) >= n else {words}
+            for gram in grams:
+                if gram:
+                    self.patterns.setdefault(gram[0], []).append((gram, i))
         self.near = dedup.NearDuplicateIndex(dedup.word_frequencies(test_instructions))
         for i, text in enumerate(test_instructions):
             self.near.add(i, text)
-        self.texts = list(test_instructions)
 
     def overlap(self, text: str) -> tuple[int, str] | None:
-        """(test index, reason) when `text` shares a long n-gram with, or contains, a test instruction."""
-        norm = dedup.normalize(text)
-        for g in ngrams(text, self.n):
-            if g in self.grams:
-                return self.grams[g], f"shares a {self.n}-gram"
-        padded = f" {norm} "
-        for short, i in self.short.items():
-            if short and f" {short} " in padded:
-                return i, "contains a whole test instruction"
+        """(test index, reason) when `text` shares a 13-word n-gram with, or contains, a test instruction."""
+        words = dedup.normalize(text).split()
+        for start, word in enumerate(words):
+            for gram, i in self.patterns.get(word, ()):
+                if tuple(words[start : start + len(gram)]) == gram:
+                    why = f"shares a {self.n}-gram" if len(gram) == self.n else "contains a whole test instruction"
+                    return i, why
         return None
 
     def near_duplicate(self, instruction: str) -> tuple[int, str] | None:

@@ -27,6 +27,8 @@ RESPONSE_HEADER = (
 )
 PAIR_BLOCK = "Instruction: {instruction}\nResponse: {response}\n\n"
 RESPONSE_CUE = "Instruction: {instruction}\nResponse:"
+# Fine-tuning teaches the model to answer without shots; evaluation asks both systems this way.
+SFT_CUE = "Instruction: {instruction}\nResponse:"
 # The critic's unconditional context: the same document with the instruction withheld, so that
 # log p(response | instruction) - log p(response | no instruction) measures how much the
 # response depends on *this* instruction (pointwise mutual information).
@@ -64,7 +66,7 @@ def load_pool(name: str, exemplars_dir: Path = EXEMPLARS_DIR) -> tuple[Exemplar,
 @cache
 def prompt_version(exemplars_dir: Path = EXEMPLARS_DIR) -> str:
     templates = [INSTRUCTION_HEADER, INSTRUCTION_LINE, RESPONSE_HEADER, PAIR_BLOCK, RESPONSE_CUE,
-                 UNCONDITIONAL_CUE, TEMPLATE_DELIMITERS, INSTRUCTION_SHOTS]  # fmt: skip
+                 UNCONDITIONAL_CUE, SFT_CUE, TEMPLATE_DELIMITERS, INSTRUCTION_SHOTS]  # fmt: skip
     pools = {name: sha256_file(exemplars_dir / name) for name in (TRAIN_POOL, TEST_POOL, QA_SHOTS)}
     return "p1-" + stable_hash([templates, pools])[:12]
 
@@ -83,6 +85,11 @@ def shots_document(shots: tuple[Exemplar, ...]) -> str:
 def response_prompt(instruction: str, shots: tuple[Exemplar, ...]) -> str:
     """The response-generation prompt; the SFT template and the evaluation use the same one."""
     return shots_document(shots) + RESPONSE_CUE.format(instruction=instruction.strip())
+
+
+def sft_prompt(instruction: str) -> str:
+    """The zero-shot template of supervised fine-tuning and of the paired evaluation."""
+    return SFT_CUE.format(instruction=instruction.strip())
 
 
 def unconditional_prompt(shots: tuple[Exemplar, ...]) -> str:
