@@ -2,7 +2,9 @@
 
 import dagster as dg
 
+from .assets.adapter_checkpoint import adapter_checkpoint
 from .assets.base_model import base_model
+from .assets.eval_report import eval_report
 from .assets.pilot_data import pilot_data
 from .assets.qc_summary import qc_summary
 from .assets.scale_shards import scale_shards
@@ -12,7 +14,16 @@ from .resources import BaseModelResource, ProvenanceResource, Stage1Paths
 from .schedules import missing_shards_schedule, scale_shards_job
 
 defs = dg.Definitions(
-    assets=[base_model, test_instructions, pilot_data, scale_shards, sft_dataset, qc_summary],
+    assets=[
+        base_model,
+        test_instructions,
+        pilot_data,
+        scale_shards,
+        sft_dataset,
+        qc_summary,
+        adapter_checkpoint,
+        eval_report,
+    ],
     jobs=[scale_shards_job],
     schedules=[missing_shards_schedule],
     resources={

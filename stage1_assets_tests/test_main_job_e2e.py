@@ -34,6 +34,16 @@ def test_main_job_materializes_the_whole_graph(tmp_path):
     assert qc["test_overlap"]["count"] == 0 and qc["pairs"] == 48
     assert (data / "stage1_sft_data.parquet").exists() and (data / "qc_response_lengths.png").exists()
 
+    report = json.loads((data / "eval_report.json").read_text())
+    test_ids = [json.loads(line)["id"] for line in (data / "test_instructions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in report["pairs"]] == test_ids
+    assert report["wins"] + report["ties"] + report["losses"] == len(test_ids)
+    assert 0 <= report["win_rate_ci95"][0] <= report["win_rate"] <= report["win_rate_ci95"][1] <= 1
+    assert report["judge_control_accuracy"] >= 0.75
+    assert "# Paired evaluation" in (data / "eval_report.md").read_text()
+    adapter_dir = Path(report["adapter_dir"])
+    assert (adapter_dir / "adapter_config.json").exists() and (adapter_dir / "training_metrics.json").exists()
+
     store = ProvenanceStore(data / "provenance.duckdb")
     [dataset] = store.query("SELECT record_id FROM records WHERE asset_key = 'sft_dataset'")
     dataset_hash = store.query(
@@ -49,5 +59,6 @@ def test_main_job_materializes_the_whole_graph(tmp_path):
         assert instance.get_materialized_partitions(dg.AssetKey("scale_shards")) == {
             "shard-000", "shard-001", "shard-002",
         }  # fmt: skip
-        for key in ("base_model", "test_instructions", "pilot_data", "sft_dataset", "qc_summary"):
+        for key in ("base_model", "test_instructions", "pilot_data", "sft_dataset", "qc_summary",
+                    "adapter_checkpoint", "eval_report"):  # fmt: skip
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None

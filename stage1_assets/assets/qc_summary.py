@@ -1,12 +1,11 @@
 """`qc_summary`: the five QC metrics over every generated pair, overall and per shard, plus test overlap."""
 
-import base64
-import io
 import time
 
 import dagster as dg
 
 from ..config import QCConfig
+from ..core import plots
 from ..core.io import atomic_write_bytes, atomic_write_json, read_jsonl, sha256_file
 from ..core.merge import TestSetIndex
 from ..core.qc import qc_by_group
@@ -16,26 +15,6 @@ from ..core.shards import read_rows
 from ..resources import ProvenanceResource, Stage1Paths
 from .qc_checks import qc_check_results, qc_check_specs
 from .scale_shards import SHARD_PARTITIONS
-
-
-def length_histogram(all_tokens: list[int], accepted_tokens: list[int]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    bins = range(0, max(all_tokens, default=1) + 5, 5)
-    ax.hist(all_tokens, bins=bins, alpha=0.6, label="all generated")
-    ax.hist(accepted_tokens, bins=bins, alpha=0.6, label="in SFT dataset")
-    ax.set_xlabel("response tokens")
-    ax.set_ylabel("pairs")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 @dg.asset(
@@ -77,17 +56,20 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
         for k, s in qc_by_group(rows, config, "shard").items()
     }
     summary["test_overlap"] = {"count": len(overlaps), "examples": overlaps[:10], "sft_rows": len(sft_rows)}
+    summary["sft_dataset_sha256"] = sha256_file(sft_path)
     target = atomic_write_json(paths.path("qc_summary.json"), summary)
     sft_ids = {r["id"] for r in sft_rows}
-    png = length_histogram(
-        [r["response_tokens"] for r in rows], [r["response_tokens"] for r in rows if r["id"] in sft_ids]
-    )
+    png = plots.histogram(
+        {"all generated": [r["response_tokens"] for r in rows],
+         "in SFT dataset": [r["response_tokens"] for r in rows if r["id"] in sft_ids]},
+        "response tokens",
+    )  # fmt: skip
     atomic_write_bytes(paths.path("qc_response_lengths.png"), png)
     content_hash = sha256_file(target)
     provenance.record(
         context,
         started,
-        inputs={"sft_dataset": sha256_file(sft_path), "test_instructions": sha256_file(test_path)},
+        inputs={"sft_dataset": summary["sft_dataset_sha256"], "test_instructions": sha256_file(test_path)},
         outputs={"qc_summary": (str(target), content_hash)},
         params=config.model_dump(),
         row_count=len(rows),
@@ -101,9 +83,7 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
             "passed": summary["passed"] and not overlaps,
             "path": dg.MetadataValue.path(str(target)),
             "per_shard": dg.MetadataValue.md(markdown_table(per_shard, list(per_shard[0]))),
-            "response_lengths": dg.MetadataValue.md(
-                f"![response lengths](data:image/png;base64,{base64.b64encode(png).decode()})"
-            ),
+            "response_lengths": dg.MetadataValue.md(plots.markdown_image(png, "response lengths")),
         },
         data_version=dg.DataVersion(content_hash[:16]),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -52,8 +53,20 @@ def atomic_write_text(target: Path, text: str) -> Path:
     return atomic_write_bytes(target, text.encode("utf-8"))
 
 
+def jsonable(obj: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) with null, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(target: Path, obj: Any) -> Path:
-    return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return atomic_write_text(target, text + "\n")
 
 
 def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:

@@ -49,7 +49,9 @@ class TrainingParams(Strict):
     lora_r: int = Field(default=16, ge=1, le=1024)
     lora_alpha: int = Field(default=32, ge=1, le=4096)
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | str = Field(default="all-linear", description="'all-linear' or module names.")
+    target_modules: str = Field(
+        default="all-linear", description="'all-linear' or comma-separated module names (e.g. 'q_proj,v_proj')."
+    )
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
     warmup_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -138,7 +140,9 @@ def attach_lora(model: Any, params: TrainingParams) -> Any:
 
     config = LoraConfig(
         r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
-        target_modules=params.target_modules, task_type="CAUSAL_LM",
+        target_modules=params.target_modules if params.target_modules == "all-linear"
+        else [m.strip() for m in params.target_modules.split(",") if m.strip()],
+        task_type="CAUSAL_LM",
     )  # fmt: skip
     return get_peft_model(model, config)
 
@@ -201,7 +205,7 @@ def train_adapter(
     max_steps: int | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainingResult:
-    """Train (or resume training) a LoRA adapter on `rows`; the adapter lands in `out_dir/adapter`."""
+    """Train (or resume training) a LoRA adapter on `rows`; `out_dir` becomes a PEFT adapter directory."""
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(params.seed)
@@ -274,12 +278,12 @@ def train_adapter(
                 save_checkpoint(out_dir, model, optimizer, scheduler, step, micro_done, history)
 
     wall = time.perf_counter() - started
-    adapter_dir = out_dir / "adapter"
-    staging = out_dir / f"adapter.partial-{os.getpid()}"
+    staging = out_dir / f".adapter.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.replace(staging, adapter_dir)
+    for item in sorted(staging.iterdir(), key=lambda p: p.name == "adapter_model.safetensors"):
+        os.replace(item, out_dir / item.name)  # weights land last: config without weights never loads
+    staging.rmdir()
     metrics = {
         "quantization": quantization,
         "device": device,
@@ -299,4 +303,4 @@ def train_adapter(
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
     }
-    return TrainingResult(adapter_dir, metrics, resumed_from, history)
+    return TrainingResult(out_dir, metrics, resumed_from, history)

@@ -1,0 +1,125 @@
+"""`adapter_checkpoint`: a LoRA (QLoRA on CUDA) adapter trained on the SFT dataset, resumable."""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from ..config import PROFILE
+from ..core import plots
+from ..core.io import atomic_write_bytes, atomic_write_json, read_jsonl, sha256_file, stable_hash
+from ..core.merge import TestSetIndex
+from ..core.training import ADAPTER_FILES, TrainingParams, train_adapter
+from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
+
+METRICS_FILE = "training_metrics.json"
+
+
+class AdapterConfig(dg.Config, TrainingParams):
+    epochs: int = Field(default=PROFILE.epochs, ge=1, le=100)
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+
+
+def qc_gate(paths: Stage1Paths, sft_path: Path) -> None:
+    """Refuse a dataset whose QC failed, whose QC is stale, or that overlaps the test set."""
+    qc_path = paths.path("qc_summary.json")
+    if not qc_path.exists():
+        raise dg.Failure(f"{qc_path} does not exist: materialize qc_summary (and pass its checks) before training")
+    summary = json.loads(qc_path.read_text())
+    if summary.get("sft_dataset_sha256") != sha256_file(sft_path):
+        raise dg.Failure(f"{qc_path} describes another version of {sft_path}: re-materialize qc_summary first")
+    failed = [
+        f"{name} = {m['value']:.4g} (needs {m['rule']})" for name, m in summary["metrics"].items() if not m["passed"]
+    ]
+    if summary["test_overlap"]["count"]:
+        failed.append(f"test_overlap = {summary['test_overlap']['count']} (needs 0)")
+    if failed:
+        raise dg.Failure(
+            "refusing to train on a dataset that failed QC: " + "; ".join(failed) + ". Open the failed "
+            "qc_summary checks in the UI for the flagged examples."
+        )
+
+
+@dg.asset(
+    deps=["sft_dataset", "qc_summary", "test_instructions"],
+    pool="gpu",
+    group_name="training",
+    kinds={"pytorch", "peft"},
+    owners=["team:stage1"],
+    tags={"stage": "training", "dagster-k8s/resource": "gpu"},
+    description=(
+        "LoRA adapter (QLoRA: 4-bit NF4 base on CUDA; fp32 LoRA on CPU) trained on `sft_dataset` with loss on "
+        "response tokens only. Standard PEFT directory `data/adapters/<spec-hash>/` (loadable with "
+        "`PeftModel.from_pretrained`) plus `training_metrics.json` and a loss curve. Resumes from its last "
+        "checkpoint; refuses a dataset whose QC failed or that overlaps the test set."
+    ),
+)
+def adapter_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: AdapterConfig,
+    model: BaseModelResource,
+    paths: Stage1Paths,
+    provenance: ProvenanceResource,
+) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    sft_path = paths.path("stage1_sft_data.jsonl")
+    qc_gate(paths, sft_path)
+    rows = read_jsonl(sft_path, required=("instruction", "response"))
+    tests = TestSetIndex([r["instruction"] for r in read_jsonl(paths.path("test_instructions.jsonl"))])
+    overlapping = [r["id"] for r in rows if tests.contamination(r["instruction"], r["response"])]
+    if overlapping:
+        raise dg.Failure(f"refusing to train: {len(overlapping)} SFT rows overlap the test set, e.g. {overlapping[:5]}")
+    lm = model.load()
+    params = TrainingParams(**config.model_dump(exclude={"max_steps"}))
+    dataset_hash = sha256_file(sft_path)
+    spec = {"dataset": dataset_hash, "base_model": lm.info.fingerprint, "params": params.model_dump(),
+            "max_steps": config.max_steps}  # fmt: skip
+    out_dir = paths.path("adapters", stable_hash(spec)[:16])
+    metrics_path = out_dir / METRICS_FILE
+    if metrics_path.exists():
+        context.log.info(f"{out_dir} already holds an adapter trained with this spec; reusing it")
+        metrics = json.loads(metrics_path.read_text())
+    else:
+        result = train_adapter(
+            lm.info.path, lm.tokenizer, rows, out_dir, params, device=lm.info.device, max_steps=config.max_steps,
+            on_step=lambda r: context.log.info(json.dumps(r)),
+        )  # fmt: skip
+        metrics = result.metrics | {"history": result.history, "spec": spec}
+        atomic_write_bytes(out_dir / "loss_curve.png", plots.loss_curve(result.history))
+        atomic_write_json(metrics_path, metrics)  # written last: its presence marks a finished adapter
+    adapter_hash = stable_hash({name: sha256_file(out_dir / name) for name in ADAPTER_FILES})
+    provenance.record(
+        context,
+        started,
+        inputs={"base_model": lm.info.fingerprint, "sft_dataset": dataset_hash},
+        outputs={"adapter": (str(out_dir), adapter_hash)},
+        model_fingerprint=lm.info.fingerprint,
+        params=spec["params"] | {"max_steps": config.max_steps},
+        row_count=len(rows),
+        metrics={k: v for k, v in metrics.items() if k not in ("history", "spec")},
+        device=lm.info.device,
+    )
+    png = (out_dir / "loss_curve.png").read_bytes()
+    return dg.MaterializeResult(
+        metadata={
+            "adapter_dir": dg.MetadataValue.path(str(out_dir)),
+            "adapter_hash": adapter_hash,
+            "quantization": metrics["quantization"],
+            "steps": metrics["steps"],
+            "resumed_from_step": metrics["resumed_from_step"],
+            "train_examples": metrics["train_examples"],
+            "validation_examples": metrics["validation_examples"],
+            "truncation_rate": metrics["truncation_rate"],
+            "first_train_loss": metrics["first_train_loss"],
+            "final_train_loss": metrics["final_train_loss"],
+            "final_val_loss": metrics["final_val_loss"] if metrics["final_val_loss"] is not None else float("nan"),
+            "tokens_per_second": metrics["tokens_per_second"],
+            "peak_memory_mb": metrics["peak_memory_mb"],
+            "wall_seconds": metrics["wall_seconds"],
+            "trainable_share": metrics["trainable_share"],
+            "loss_curve": dg.MetadataValue.md(plots.markdown_image(png, "loss curve")),
+        },
+        data_version=dg.DataVersion(adapter_hash[:16]),
+    )

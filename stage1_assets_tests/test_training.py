@@ -1,0 +1,116 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+
+from stage1_assets.assets.adapter_checkpoint import qc_gate
+from stage1_assets.core.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from stage1_assets.core.training import TrainingParams, encode_examples, mean_loss, train_adapter
+from stage1_assets.resources import Stage1Paths
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = [
+    {"instruction": "Name a primary color.", "response": "Red is a primary color."},
+    {"instruction": "What is 2 + 3?", "response": "2 + 3 = 5."},
+    {"instruction": "Give a synonym for happy.", "response": "Joyful."},
+    {"instruction": "What do bees make?", "response": "Bees make honey and wax."},
+    {"instruction": "Name a large ocean.", "response": "The Pacific Ocean."},
+    {"instruction": "What is the opposite of cold?", "response": "Hot."},
+    {"instruction": "How many legs does a spider have?", "response": "A spider has eight legs."},
+    {"instruction": "Which planet do we live on?", "response": "We live on Earth."},
+]
+
+
+def test_loss_masks_the_prompt_and_truncation_is_reported(tiny_model):
+    [example] = encode_examples(tiny_model.tokenizer, ROWS[:1], max_seq_len=256)
+    answer_len = sum(label != -100 for label in example.labels)
+    answer = tiny_model.tokenizer(" Red is a primary color.", add_special_tokens=False)["input_ids"]
+    assert answer_len == len(answer) + 1  # response tokens + EOS
+    assert example.labels[-1] == tiny_model.tokenizer.eos_token_id and not example.truncated
+    [short] = encode_examples(tiny_model.tokenizer, ROWS[:1], max_seq_len=16)
+    assert short.truncated and len(short.input_ids) == 16
+
+
+TRAIN_SCRIPT = """
+import json, sys
+from pathlib import Path
+from transformers import AutoTokenizer
+from stage1_assets.core.training import TrainingParams, train_adapter
+rows = json.loads(Path(sys.argv[3]).read_text())
+params = TrainingParams(epochs=3, batch_size=2, checkpoint_every=2, learning_rate=1e-3, validation_fraction=0.0)
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+result = train_adapter(sys.argv[1], tok, rows, Path(sys.argv[2]), params, device="cpu",
+                       on_step=lambda r: (print(json.dumps(r), flush=True), __import__("time").sleep(0.3)))
+print(json.dumps({"done": result.metrics["steps"], "resumed_from": result.resumed_from_step}), flush=True)
+"""
+
+
+def test_training_killed_mid_way_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
+    rows_file = tmp_path / "rows.json"
+    rows_file.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    args = [sys.executable, "-c", TRAIN_SCRIPT, str(tiny_model_dir), str(out), str(rows_file)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((out / "checkpoints").glob("step-000004")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter_model.safetensors").exists()
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith("{")]
+    summary = lines[-1]
+    assert summary["done"] == 12 and summary["resumed_from"] >= 4
+    steps = [r["step"] for r in lines[:-1]]
+    assert steps == list(range(summary["resumed_from"] + 1, 13)), "the step counter must continue, not restart"
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_real_steps_lower_the_loss_and_the_adapter_reloads(tmp_path, real_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    params = TrainingParams(epochs=4, batch_size=4, learning_rate=1e-3, lora_dropout=0.0, validation_fraction=0.0,
+                            checkpoint_every=100)  # fmt: skip
+    examples = encode_examples(real_model.tokenizer, ROWS, params.max_seq_len)
+    pad = real_model.tokenizer.pad_token_id
+    before = mean_loss(real_model.model, examples, 4, pad)
+    result = train_adapter(real_model.info.path, real_model.tokenizer, ROWS, tmp_path / "a", params, device="cpu")
+    assert result.metrics["steps"] == 8 and result.metrics["quantization"].startswith("none")
+    base = AutoModelForCausalLM.from_pretrained(real_model.info.path, dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
+    after = mean_loss(adapted, examples, 4, pad)
+    print(f"training loss on the tiny set: {before:.3f} -> {after:.3f}")
+    assert after < before * 0.8
+    batch = real_model.tokenizer(["Instruction: What do bees make?\nResponse:"], return_tensors="pt")
+    with torch.no_grad():
+        delta = (adapted(**batch).logits - real_model.model(**batch).logits).abs().max()
+    assert delta > 1e-3
+
+
+def test_gate_refuses_a_dataset_that_failed_qc(tmp_path):
+    sft = atomic_write_jsonl(tmp_path / "stage1_sft_data.jsonl", ROWS)
+    failing = {"runaway_rate": {"value": 0.2, "rule": "value < 0.05", "passed": False}}
+    summary = {"sft_dataset_sha256": sha256_file(sft), "test_overlap": {"count": 0}, "metrics": failing}
+    atomic_write_json(tmp_path / "qc_summary.json", summary)
+    with pytest.raises(dg.Failure, match=r"failed QC: runaway_rate = 0.2 \(needs value < 0.05\)"):
+        qc_gate(Stage1Paths(data_dir=str(tmp_path)), sft)
+    atomic_write_json(tmp_path / "qc_summary.json", {"sft_dataset_sha256": "other", "test_overlap": {"count": 0},
+                                                     "metrics": {}})  # fmt: skip
+    with pytest.raises(dg.Failure, match="another version"):
+        qc_gate(Stage1Paths(data_dir=str(tmp_path)), sft)
+    atomic_write_json(tmp_path / "qc_summary.json", {"sft_dataset_sha256": sha256_file(sft),
+                                                     "test_overlap": {"count": 2}, "metrics": {}})  # fmt: skip
+    with pytest.raises(dg.Failure, match="test_overlap = 2"):
+        qc_gate(Stage1Paths(data_dir=str(tmp_path)), sft)
