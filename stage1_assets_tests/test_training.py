@@ -114,3 +114,13 @@ def test_gate_refuses_a_dataset_that_failed_qc(tmp_path):
                                                      "test_overlap": {"count": 2}, "metrics": {}})  # fmt: skip
     with pytest.raises(dg.Failure, match="test_overlap = 2"):
         qc_gate(Stage1Paths(data_dir=str(tmp_path)), sft)
+
+
+def test_response_loss_equals_the_full_logits_loss(tiny_model):
+    from stage1_assets.core.training import collate, response_loss
+
+    examples = encode_examples(tiny_model.tokenizer, ROWS[:4], max_seq_len=256)
+    batch = collate(examples, tiny_model.tokenizer.pad_token_id, tiny_model.model.device)
+    with torch.no_grad():
+        expected = tiny_model.model(**batch).loss
+        assert float(response_loss(tiny_model.model, batch)) == pytest.approx(float(expected), rel=1e-5)

@@ -2,8 +2,9 @@
 
 Prompts are sorted by length and cut into left-padded batches (less padding). Decoding runs a
 KV-cached loop written here rather than `model.generate`, for two reasons:
-  * stop sequences are checked on the text as it is produced, and a row that stops (or hits
-    EOS) is dropped from the batch and its cache at once, so finished rows stop costing compute;
+  * stop sequences are checked on the text as it is produced, and rows that stop (or hit EOS)
+    are dropped from the batch and its cache as soon as they make up 1/8 of it, so finished rows
+    stop costing compute;
   * sampling noise is drawn per (seed, step, prompt index), so a prompt's completion does not
     depend on which other prompts share its batch, nor on the batch size (up to float rounding).
 """
@@ -28,6 +29,9 @@ FinishReason = Literal["stop", "eos", "length"]
 # remaining probability mass is negligible at the temperatures used here, and sorting the full
 # 262k-token vocabulary every step would dominate the decode time on CPU.
 CANDIDATE_POOL = 512
+# Finished rows leave the batch once they are at least 1/COMPACT_DIVISOR of it: compacting copies
+# the whole KV cache, so doing it for every single finished row would cost more than it saves.
+COMPACT_DIVISOR = 8
 # Enough trailing tokens to contain any stop sequence (each token decodes to >= 1 character).
 STOP_WINDOW_TOKENS = 16
 
@@ -112,10 +116,13 @@ class Generator:
         seed: int,
         on_batch: BatchCallback | None = None,
         skip: set[int] | frozenset[int] = frozenset(),
+        length_caps: Sequence[int] | None = None,
     ) -> tuple[list[Completion | None], GenerationStats]:
         """Complete every prompt; `skip` lists indices already done (resume), left as None.
 
         `on_batch(indices, completions)` is called after each batch, e.g. to checkpoint it.
+        `length_caps` lowers max_new_tokens per prompt: benchmarks use it to give random-weight
+        models (which never emit a stop) a realistic mix of output lengths.
         """
         encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         order = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(encoded[i]))
@@ -123,7 +130,10 @@ class Generator:
         started, generated = time.perf_counter(), 0
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            completions = self._generate_batch([encoded[i] for i in indices], indices, params, seed)
+            caps = [
+                min(params.max_new_tokens, length_caps[i]) if length_caps else params.max_new_tokens for i in indices
+            ]
+            completions = self._generate_batch([encoded[i] for i in indices], indices, params, seed, caps)
             for i, completion in zip(indices, completions, strict=True):
                 results[i] = completion
             generated += sum(c.completion_tokens for c in completions)
@@ -139,7 +149,7 @@ class Generator:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, sequences: list[list[int]], global_ids: list[int], params: SamplingParams, seed: int
+        self, sequences: list[list[int]], global_ids: list[int], params: SamplingParams, seed: int, caps: list[int]
     ) -> list[Completion]:
         from transformers import DynamicCache
 
@@ -159,7 +169,7 @@ class Generator:
         finish: list[FinishReason | None] = [None] * batch
         row_ids = torch.tensor(global_ids)
         step_input, step_positions = input_ids, positions
-        for step in range(params.max_new_tokens):
+        for step in range(max(caps)):
             out = self.model(
                 input_ids=step_input, attention_mask=attention, position_ids=step_positions,
                 use_cache=True, logits_to_keep=1, **{self.cache_kwarg: cache},
@@ -172,6 +182,8 @@ class Generator:
             is_eos = torch.isin(tokens, self.eos_ids).tolist()
             keep: list[int] = []
             for pos, row in enumerate(active.tolist()):
+                if finish[row] is not None:
+                    continue  # finished earlier, waiting for the next compaction
                 if is_eos[pos]:
                     finish[row] = "eos"
                     continue
@@ -179,6 +191,8 @@ class Generator:
                 tail = self.tokenizer.decode(new_tokens[row][-STOP_WINDOW_TOKENS:], skip_special_tokens=True)
                 if any(s in tail for s in params.stop_sequences):
                     finish[row] = "stop"
+                elif len(new_tokens[row]) >= caps[row]:
+                    finish[row] = "length"
                 else:
                     keep.append(pos)
             if not keep:
@@ -186,8 +200,8 @@ class Generator:
             attention = torch.cat([attention, torch.ones_like(tokens)[:, None]], dim=1)
             step_positions = step_positions[:, -1:] + 1
             step_input = tokens[:, None]
-            if len(keep) < len(token_list):  # compact: finished rows leave the batch and the cache
-                keep_t = torch.tensor(keep, device=self.device)
+            if len(token_list) - len(keep) >= max(1, len(token_list) // COMPACT_DIVISOR):
+                keep_t = torch.tensor(keep, device=self.device)  # finished rows leave the batch and the cache
                 cache.batch_select_indices(keep_t)
                 active, attention, history = active[keep_t], attention[keep_t], history[keep_t]
                 step_input, step_positions = step_input[keep_t], step_positions[keep_t]

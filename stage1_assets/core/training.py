@@ -147,6 +147,26 @@ def attach_lora(model: Any, params: TrainingParams) -> Any:
     return get_peft_model(model, config)
 
 
+def response_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over labelled (response) tokens, projecting only those onto the vocabulary.
+
+    `model(**batch).loss` would build logits for every position: with Gemma's 262k-token vocabulary
+    that is 64 x 256 x 262k floats (17 GB in fp32) for one micro-batch, most of them for prompt and
+    padding positions whose loss is masked anyway.
+    """
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    selected = targets != -100
+    logits = causal.get_output_embeddings()(hidden[:, :-1][selected])
+    cap = getattr(causal.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits.float(), targets[selected])
+
+
 @torch.no_grad()
 def mean_loss(model: Any, examples: Sequence[Example], batch_size: int, pad_id: int) -> float:
     if not examples:
@@ -156,7 +176,7 @@ def mean_loss(model: Any, examples: Sequence[Example], batch_size: int, pad_id: 
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_id, model.device)
         n = int((batch["labels"][:, 1:] != -100).sum())
-        total += float(model(**batch).loss) * n
+        total += float(response_loss(model, batch)) * n
         tokens += n
     model.train()
     return total / max(tokens, 1)
@@ -254,7 +274,7 @@ def train_adapter(
             if step >= total_steps:
                 break
             batch = collate([train[i] for i in indices], pad_id, model.device)
-            loss = model(**batch).loss / params.grad_accumulation
+            loss = response_loss(model, batch) / params.grad_accumulation
             loss.backward()
             trained_tokens += int(batch["attention_mask"].sum())
             micro_in_step += 1
