@@ -53,3 +53,20 @@ def test_dedup_exact_and_near_duplicates():
     assert kept == [0, 3, 4, 5]
     assert dropped[1] == (0, "exact")
     assert dropped[2][0] == 0 and dropped[2][1].startswith("near:")
+
+
+def test_full_disk_fails_with_the_path_and_leaves_no_corrupt_artifact(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    target = tmp_path / "pairs.jsonl"
+    atomic_write_text(target, "complete old content\n")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match=f"could not write {target}: No space left on device"):
+        atomic_write_text(target, "new content that does not fit\n")
+    assert target.read_text() == "complete old content\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pairs.jsonl"]

@@ -112,3 +112,16 @@ def test_two_shards_materialize_concurrently_with_all_provenance(tmp_path, real_
     with dg.DagsterInstance.from_config(str(home)) as instance:
         done = instance.get_materialized_partitions(dg.AssetKey("scale_shards"))
     assert done == {"shard-000", "shard-001"}
+
+    # idempotence: the same shard with unchanged inputs and parameters reuses its content
+    before = (data / "shards/shard-000/pairs.jsonl").read_bytes()
+    again = subprocess.run(procs[0].args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (data / "shards/shard-000/pairs.jsonl").read_bytes() == before
+    hashes = ProvenanceStore(data / "provenance.duckdb").query(
+        "SELECT json_extract(r.metrics_json, '$.reused') AS reused, a.content_hash FROM records r "
+        "JOIN artifacts a USING (record_id) WHERE r.partition_key = 'shard-000' AND a.role = 'output' "
+        "ORDER BY r.recorded_at"
+    )
+    assert [h["reused"] for h in hashes] == ["false", "true"]
+    assert hashes[0]["content_hash"] == hashes[1]["content_hash"]

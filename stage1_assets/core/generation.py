@@ -133,7 +133,7 @@ class Generator:
             caps = [
                 min(params.max_new_tokens, length_caps[i]) if length_caps else params.max_new_tokens for i in indices
             ]
-            completions = self._generate_batch([encoded[i] for i in indices], indices, params, seed, caps)
+            completions = self._generate_with_backoff([encoded[i] for i in indices], indices, params, seed, caps)
             for i, completion in zip(indices, completions, strict=True):
                 results[i] = completion
             generated += sum(c.completion_tokens for c in completions)
@@ -146,6 +146,29 @@ class Generator:
                 done, len(order), done / elapsed, generated / elapsed,
             )  # fmt: skip
         return results, GenerationStats(len(order), generated, time.perf_counter() - started)
+
+    def _generate_with_backoff(
+        self, sequences: list[list[int]], global_ids: list[int], params: SamplingParams, seed: int, caps: list[int]
+    ) -> list[Completion]:
+        """Run a batch; on out-of-memory, split it in halves and run those instead of failing.
+
+        Completions do not depend on batch composition (per-prompt noise), so a split batch gives
+        the same rows. Raises only when a single row does not fit.
+        """
+        try:
+            return self._generate_batch(sequences, global_ids, params, seed, caps)
+        except (torch.OutOfMemoryError, MemoryError):
+            if len(sequences) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(sequences) // 2
+            log.warning("out of memory at batch %d; retrying as two batches of %d and %d",
+                        len(sequences), half, len(sequences) - half)  # fmt: skip
+            return [
+                *self._generate_with_backoff(sequences[:half], global_ids[:half], params, seed, caps[:half]),
+                *self._generate_with_backoff(sequences[half:], global_ids[half:], params, seed, caps[half:]),
+            ]
 
     @torch.inference_mode()
     def _generate_batch(
