@@ -30,8 +30,8 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
-def word_frequencies(texts: Iterable[str]) -> Counter[str]:
-    return Counter(w for t in texts for w in word_set(t))
+def word_frequencies(word_sets: Iterable[frozenset[str]]) -> Counter[str]:
+    return Counter(w for words in word_sets for w in words)
 
 
 class NearDuplicateIndex:
@@ -46,14 +46,12 @@ class NearDuplicateIndex:
         ordered = sorted(words, key=lambda w: (self.frequencies.get(w, 0), w))
         return ordered[: len(ordered) - math.ceil(self.threshold * len(ordered)) + 1]
 
-    def add(self, key: Hashable, text: str) -> None:
-        words = word_set(text)
+    def add(self, key: Hashable, words: frozenset[str]) -> None:
         self.sets[key] = words
         for w in self._prefix(words):
             self.postings[w].append(key)
 
-    def best_match(self, text: str) -> tuple[Hashable, float] | None:
-        words = word_set(text)
+    def best_match(self, words: frozenset[str]) -> tuple[Hashable, float] | None:
         if not words:
             return None
         candidates = {k for w in self._prefix(words) for k in self.postings.get(w, ())}
@@ -71,17 +69,18 @@ def deduplicate(
     kept: list[int] = []
     dropped: dict[int, tuple[int, str]] = {}
     exact_seen: dict[str, int] = {}
-    index = NearDuplicateIndex(word_frequencies(texts), threshold)
-    for i, text in enumerate(texts):
-        norm = normalize(text)
+    normalized = [normalize(t) for t in texts]
+    sets = [frozenset(n.split()) for n in normalized]
+    index = NearDuplicateIndex(word_frequencies(sets), threshold)
+    for i, norm in enumerate(normalized):
         if not norm:
             dropped[i] = (i, "empty")
         elif norm in exact_seen:
             dropped[i] = (exact_seen[norm], "exact")
-        elif match := index.best_match(text):
+        elif match := index.best_match(sets[i]):
             dropped[i] = (int(match[0]), f"near:{match[1]:.2f}")  # type: ignore[arg-type]
         else:
             exact_seen[norm] = i
-            index.add(i, text)
+            index.add(i, sets[i])
             kept.append(i)
     return kept, dropped

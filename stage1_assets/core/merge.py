@@ -23,7 +23,7 @@ class TestSetIndex:
 
     A test instruction contributes its 13-word n-grams, or itself whole when shorter; a text
     overlaps the test set when one of these patterns occurs in it as consecutive words. Patterns
-    are indexed by their first word, so a lookup compares only a few candidates per position.
+    are indexed by their first two words, so a lookup compares only a few candidates per position.
     """
 
     __test__ = False  # not a pytest class
@@ -31,29 +31,34 @@ class TestSetIndex:
     def __init__(self, test_instructions: Sequence[str], n: int = CONTAMINATION_NGRAM) -> None:
         self.n = n
         self.texts = list(test_instructions)
-        self.patterns: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+        # keyed by their first two words (one-word patterns by that word): few candidates per position
+        self.patterns: dict[tuple[str, ...], list[tuple[tuple[str, ...], int]]] = {}
         for i, text in enumerate(test_instructions):
             words = tuple(dedup.normalize(text).split())
             grams = {words[k : k + n] for k in range(len(words) - n + 1)} if len(words) >= n else {words}
             for gram in grams:
                 if gram:
-                    self.patterns.setdefault(gram[0], []).append((gram, i))
-        self.near = dedup.NearDuplicateIndex(dedup.word_frequencies(test_instructions))
-        for i, text in enumerate(test_instructions):
-            self.near.add(i, text)
+                    self.patterns.setdefault(gram[:2], []).append((gram, i))
+        test_sets = [dedup.word_set(t) for t in test_instructions]
+        self.near = dedup.NearDuplicateIndex(dedup.word_frequencies(test_sets))
+        for i, words in enumerate(test_sets):
+            self.near.add(i, words)
 
     def overlap(self, text: str) -> tuple[int, str] | None:
         """(test index, reason) when `text` shares a 13-word n-gram with, or contains, a test instruction."""
         words = dedup.normalize(text).split()
-        for start, word in enumerate(words):
-            for gram, i in self.patterns.get(word, ()):
+        for start in range(len(words)):
+            candidates = self.patterns.get((words[start],), [])
+            if start + 1 < len(words):
+                candidates = candidates + self.patterns.get((words[start], words[start + 1]), [])
+            for gram, i in candidates:
                 if tuple(words[start : start + len(gram)]) == gram:
                     why = f"shares a {self.n}-gram" if len(gram) == self.n else "contains a whole test instruction"
                     return i, why
         return None
 
     def near_duplicate(self, instruction: str) -> tuple[int, str] | None:
-        match = self.near.best_match(instruction)
+        match = self.near.best_match(dedup.word_set(instruction))
         return (int(match[0]), f"near-duplicate (jaccard {match[1]:.2f})") if match else None  # type: ignore[arg-type]
 
     def contamination(self, instruction: str, response: str) -> str | None:
