@@ -41,4 +41,5 @@ def missing_shards_schedule(context: dg.ScheduleEvaluationContext):
     keys = shards_to_launch(context.instance)
     if not keys:
         return dg.SkipReason("every shard is materialized or has a run in flight")
-    return [dg.RunRequest(partition_key=k, tags={"stage1/trigger": "missing_shards_schedule"}) for k in keys]
+    # a run key per shard: Dagster requires one when a tick requests several runs
+    return [dg.RunRequest(run_key=k, partition_key=k, tags={"stage1/trigger": "missing_shards_schedule"}) for k in keys]

@@ -5,6 +5,10 @@ from stage1_assets.definitions import defs
 from stage1_assets.schedules import missing_shards_schedule, scale_shards_job
 
 
+def context(instance: dg.DagsterInstance) -> dg.ScheduleEvaluationContext:
+    return dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
+
+
 def test_schedule_requests_only_missing_or_failed_shards():
     keys = SHARD_PARTITIONS.get_partition_keys()
     assert len(keys) >= 3
@@ -15,13 +19,17 @@ def test_schedule_requests_only_missing_or_failed_shards():
         instance.create_run_for_job(job, tags={"dagster/partition": keys[1]}, status=dg.DagsterRunStatus.STARTED)
         # a failed run leaves its shard unmaterialized: it is launched again
         instance.create_run_for_job(job, tags={"dagster/partition": keys[2]}, status=dg.DagsterRunStatus.FAILURE)
-        requests = missing_shards_schedule(dg.build_schedule_context(instance=instance))
-        assert [r.partition_key for r in requests] == keys[2:]
+        # evaluate_tick applies Dagster's own validation of the requests, as the daemon does
+        result = missing_shards_schedule.evaluate_tick(context(instance))
+        assert [r.partition_key for r in result.run_requests] == keys[2:]
+        # the daemon refuses a tick with several requests unless each has its own run key
+        run_keys = [r.run_key for r in result.run_requests]
+        assert all(run_keys) and len(set(run_keys)) == len(run_keys)
 
         for key in keys:
             instance.report_runless_asset_event(dg.AssetMaterialization("scale_shards", partition=key))
-        skipped = missing_shards_schedule(dg.build_schedule_context(instance=instance))
-        assert isinstance(skipped, dg.SkipReason)
+        skipped = missing_shards_schedule.evaluate_tick(context(instance))
+        assert skipped.skip_message and not skipped.run_requests
 
 
 def test_shards_use_the_gpu_pool_and_a_partitioned_job():
