@@ -2,7 +2,7 @@
 
 Everything is driven through the GraphQL API the web UI uses: materialize the pilot, backfill every
 shard through the run queue, run with strict QC thresholds and see the failed check block training,
-dry-run the missing-shard schedule. Then headless Chromium loads the asset graph and the failed
+dry-run the missing-shard schedule. Then headless Chromium loads the asset catalog and the failed
 check's page. Screenshots land in `test-artifacts/`.
 """
 
@@ -232,9 +232,9 @@ def browser_smoke(ui: Dagster) -> None:
             raise AssertionError("chromium must be installed in CI (.ci/run installs it)")
         pytest.skip("chromium is not installed here (apt-get install chromium)")
     ARTIFACTS.mkdir(exist_ok=True)
-    graph = chromium_dom(f"{ui.url}/asset-groups", ARTIFACTS / "asset_graph.png")
+    graph = chromium_dom(f"{ui.url}/assets", ARTIFACTS / "asset_catalog.png")
     for name in ("pilot_data", "scale_shards", "qc_summary", "adapter_checkpoint", "eval_report"):
-        assert name in graph, f"{name} not rendered on the asset graph page"
+        assert name in graph, f"{name} not rendered in the asset catalog"
     checks = chromium_dom(f"{ui.url}/assets/qc_summary?view=checks", ARTIFACTS / "failed_check.png")
     assert "median_response_tokens" in checks
-    assert (ARTIFACTS / "asset_graph.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "asset_catalog.png").stat().st_size > 10_000
