@@ -10,7 +10,6 @@ from pydantic import Field
 from ..config import PROFILE
 from ..core import plots
 from ..core.io import atomic_write_bytes, atomic_write_json, read_jsonl, sha256_file, stable_hash
-from ..core.merge import TestSetIndex
 from ..core.training import ADAPTER_FILES, TrainingParams, train_adapter
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
@@ -22,13 +21,18 @@ class AdapterConfig(dg.Config, TrainingParams):
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
 
 
-def qc_gate(paths: Stage1Paths, sft_path: Path) -> None:
-    """Refuse a dataset whose QC failed, whose QC is stale, or that overlaps the test set."""
+def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
+    """Refuse a dataset whose QC failed, whose QC is stale, or that overlaps the test set.
+
+    Overlap comes from the QC summary's own test-set check; the summary must describe the current
+    dataset and the current test set. Returns the dataset's sha256.
+    """
     qc_path = paths.path("qc_summary.json")
     if not qc_path.exists():
         raise dg.Failure(f"{qc_path} does not exist: materialize qc_summary (and pass its checks) before training")
     summary = json.loads(qc_path.read_text())
-    if summary.get("sft_dataset_sha256") != sha256_file(sft_path):
+    dataset_hash = sha256_file(sft_path)
+    if summary.get("sft_dataset_sha256") != dataset_hash:
         raise dg.Failure(f"{qc_path} describes another version of {sft_path}: re-materialize qc_summary first")
     failed = [
         f"{name} = {m['value']:.4g} (needs {m['rule']})" for name, m in summary["metrics"].items() if not m["passed"]
@@ -40,6 +44,9 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> None:
             "refusing to train on a dataset that failed QC: " + "; ".join(failed) + ". Open the failed "
             "qc_summary checks in the UI for the flagged examples."
         )
+    if summary.get("test_set_sha256") != sha256_file(paths.path("test_instructions.jsonl")):
+        raise dg.Failure(f"{qc_path} was computed against another test set: re-materialize qc_summary first")
+    return dataset_hash
 
 
 @dg.asset(
@@ -65,15 +72,10 @@ def adapter_checkpoint(
 ) -> dg.MaterializeResult:
     started = time.perf_counter()
     sft_path = paths.path("stage1_sft_data.jsonl")
-    qc_gate(paths, sft_path)
+    dataset_hash = qc_gate(paths, sft_path)
     rows = read_jsonl(sft_path, required=("instruction", "response"))
-    tests = TestSetIndex([r["instruction"] for r in read_jsonl(paths.path("test_instructions.jsonl"))])
-    overlapping = [r["id"] for r in rows if tests.contamination(r["instruction"], r["response"])]
-    if overlapping:
-        raise dg.Failure(f"refusing to train: {len(overlapping)} SFT rows overlap the test set, e.g. {overlapping[:5]}")
     lm = model.load()
     params = TrainingParams(**config.model_dump(exclude={"max_steps"}))
-    dataset_hash = sha256_file(sft_path)
     spec = {"dataset": dataset_hash, "base_model": lm.info.fingerprint, "params": params.model_dump(),
             "max_steps": config.max_steps}  # fmt: skip
     out_dir = paths.path("adapters", stable_hash(spec)[:16])

@@ -57,6 +57,7 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
     }
     summary["test_overlap"] = {"count": len(overlaps), "examples": overlaps[:10], "sft_rows": len(sft_rows)}
     summary["sft_dataset_sha256"] = sha256_file(sft_path)
+    summary["test_set_sha256"] = sha256_file(test_path)
     target = atomic_write_json(paths.path("qc_summary.json"), summary)
     sft_ids = {r["id"] for r in sft_rows}
     png = plots.histogram(
@@ -69,7 +70,7 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
     provenance.record(
         context,
         started,
-        inputs={"sft_dataset": summary["sft_dataset_sha256"], "test_instructions": sha256_file(test_path)},
+        inputs={"sft_dataset": summary["sft_dataset_sha256"], "test_instructions": summary["test_set_sha256"]},
         outputs={"qc_summary": (str(target), content_hash)},
         params=config.model_dump(),
         row_count=len(rows),

@@ -54,10 +54,6 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds else 0.0
 
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds else 0.0
-
 
 BatchCallback = Callable[[list[int], list[Completion]], None]
 
