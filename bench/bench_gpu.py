@@ -137,6 +137,11 @@ def bench_training(model, tokenizer, device: str, steps: int, batch: int, workdi
     model_dir = workdir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    return bench_training_on(str(model_dir), tokenizer, device, steps, batch, workdir / "adapter")
+
+
+def bench_training_on(model_dir: str, tokenizer, device: str, steps: int, batch: int, adapter_dir: Path) -> dict:
+    """QLoRA (CUDA) / LoRA (CPU) training of `steps` steps on rows of realistic, varied lengths."""
     rng = random.Random(8)
     pool = prompts.load_pool(prompts.TRAIN_POOL)
     rows = [{"instruction": rng.choice(pool).instruction,
@@ -144,10 +149,21 @@ def bench_training(model, tokenizer, device: str, steps: int, batch: int, workdi
             for _ in range(steps * batch)]  # fmt: skip
     params = TrainingParams(epochs=1, batch_size=batch, max_seq_len=256, validation_fraction=0.0,
                             checkpoint_every=10**6)  # fmt: skip
-    result = train_adapter(str(model_dir), tokenizer, rows, workdir / "adapter", params, device=device, max_steps=steps)
+    result = train_adapter(model_dir, tokenizer, rows, adapter_dir, params, device=device, max_steps=steps)
     m = result.metrics
     return {k: m[k] for k in ("quantization", "steps", "tokens_per_second", "peak_memory_mb", "wall_seconds",
                               "trainable_share", "first_train_loss", "final_train_loss")}  # fmt: skip
+
+
+def profiled(fn, path: Path) -> dict:
+    """Run `fn` under torch.profiler; the kernels that took the most GPU time go to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        out = fn()
+    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70))
+    print(path.read_text()[:6000], flush=True)
+    return out
 
 
 def main() -> None:
@@ -164,6 +180,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--only", default="generation,critic,shard,training")
+    parser.add_argument("--profile", action="store_true", help="write the top CUDA kernels of each phase to $OUT")
     args = parser.parse_args()
     model, tokenizer = build_model(args.tokenizer_dir, args.arch, args.device)
     result = {"arch": f"gemma3-{args.arch} (random weights)",
@@ -172,15 +189,16 @@ def main() -> None:
               "torch": torch.__version__}  # fmt: skip
     only = set(args.only.split(","))
     out_dir = Path(os.environ.get("OUT", "/tmp"))
-    for name, fn in (
+    phases = (
         ("generation", lambda: bench_generation(model, tokenizer, args.device, args.rows, args.batch, args.sequential)),
         ("critic", lambda: bench_critic(model, tokenizer, args.device, args.critic_pairs, args.critic_batch)),
         ("shard", lambda: bench_shard(model, tokenizer, args.device, args.shard_pairs, args.batch, args.critic_batch)),
         ("training", lambda: bench_training(model, tokenizer, args.device, args.train_steps, args.train_batch,
                                             Path("/tmp/stage1_bench_train"))),
-    ):  # fmt: skip
+    )  # fmt: skip
+    for name, fn in phases:
         if name in only:
-            result[name] = fn()
+            result[name] = profiled(fn, out_dir / f"profile_{name}_{args.arch}.txt") if args.profile else fn()
             print(json.dumps({name: result[name]}), flush=True)
     (out_dir / f"bench_gpu_{args.arch}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -290,12 +290,16 @@ def is_causal_lm(config: Any) -> bool:
     return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not config.is_encoder_decoder
 
 
-def pick_device(device: str) -> str:
+def cuda_available() -> bool:
     import torch
 
+    return torch.cuda.is_available()
+
+
+def pick_device(device: str) -> str:
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+        return "cuda" if cuda_available() else "cpu"
+    if device.startswith("cuda") and not cuda_available():
         raise ModelSourceError("device='cuda' was requested but no CUDA device is available")
     return device
 
