@@ -85,35 +85,3 @@ def test_top_p_keeps_only_the_nucleus():
     draws = {int(sample_next(logits, torch.zeros((1, 1), dtype=torch.long), params, torch.tensor([u]))) for u in
              torch.linspace(0, 0.999, 50).tolist()}  # fmt: skip
     assert draws == {0, 1}
-
-
-def test_out_of_memory_splits_the_batch_instead_of_failing(tiny_model, monkeypatch):
-    gen = Generator(tiny_model.model, tiny_model.tokenizer)
-    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=6, stop_sequences=["\x00"])
-    expected, _ = gen.generate(PROMPTS, params, batch_size=1, seed=5)
-    real_batch = gen._generate_batch
-    attempted = []
-
-    def fails_above_two_rows(sequences, *args):
-        attempted.append(len(sequences))
-        if len(sequences) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_batch(sequences, *args)
-
-    monkeypatch.setattr(gen, "_generate_batch", fails_above_two_rows)
-    results, stats = gen.generate(PROMPTS, params, batch_size=5, seed=5)
-    assert attempted == [5, 2, 3, 1, 2]  # 5 -> 2 + 3, and the 3 -> 1 + 2
-    assert [r.text for r in results] == [r.text for r in expected] and stats.rows == 5
-
-
-def test_a_single_row_that_does_not_fit_still_fails(tiny_model, monkeypatch):
-    import pytest
-
-    gen = Generator(tiny_model.model, tiny_model.tokenizer)
-
-    def always_oom(*args):
-        raise torch.OutOfMemoryError("injected")
-
-    monkeypatch.setattr(gen, "_generate_batch", always_oom)
-    with pytest.raises(torch.OutOfMemoryError):
-        gen.generate(PROMPTS[:2], SamplingParams(max_new_tokens=2), batch_size=2, seed=0)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from stage1_assets.core import model_loader
-from stage1_assets.core.model_loader import ModelGuardError, ModelSourceError
+from stage1_assets.core.model_loader import ModelGuardError
 
 from .conftest import make_tiny_model_dir
 
@@ -51,32 +51,6 @@ def test_chat_template_alone_is_noted_not_refused(tmp_path, embedded_dir):
     verdict = model_loader.inspect_model_dir(model_dir, "base-with-template")
     assert not verdict.refused
     assert any("chat template" in n for n in verdict.notes)
-
-
-def test_override_needs_a_reason_and_is_recorded(tmp_path, embedded_dir):
-    model_dir = make_tiny_model_dir(tmp_path / "tiny-it", embedded_dir)
-    with pytest.raises(ModelGuardError, match="override_reason"):
-        model_loader.load_model(source=str(model_dir), device="cpu", allow_instruction_tuned=True)
-    loaded = model_loader.load_model(
-        source=str(model_dir), device="cpu", allow_instruction_tuned=True, override_reason="ablation study"
-    )
-    assert loaded.info.guard.override_reason == "ablation study"
-
-
-def test_missing_path_and_offline_hub_errors_are_clear(tmp_path):
-    with pytest.raises(ModelSourceError, match="does not exist"):
-        model_loader.load_model(source=str(tmp_path / "nope"), device="cpu")
-    with pytest.raises(ModelSourceError, match="hub downloads are off"):
-        model_loader.load_model(source="google/gemma-3-270m", device="cpu")
-
-
-def test_non_causal_lm_is_refused(tmp_path):
-    from transformers import BertConfig, BertModel
-
-    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, vocab_size=100)).save_pretrained(tmp_path / "bert-base")  # fmt: skip
-    with pytest.raises(ModelGuardError, match="not a causal language model"):
-        model_loader.load_model(source=str(tmp_path / "bert-base"), device="cpu")
 
 
 def test_embedded_model_is_accepted_and_fingerprint_is_stable(real_model, embedded_dir):

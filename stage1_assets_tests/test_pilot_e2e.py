@@ -84,17 +84,3 @@ def test_pilot_end_to_end_then_strict_thresholds_block_downstream(tmp_path, embe
     assert pilot.latest_passing_manifest(tmp_path / "pilot")["iteration"] == "001"
     pilot_records = store.query("SELECT metrics_json FROM records WHERE asset_key = 'pilot_data'")
     assert len(pilot_records) == 2
-
-
-def test_bad_run_config_is_refused_before_model_work(tmp_path, embedded_dir):
-    bad = {"ops": {"pilot_data": {"config": {"response_sampling": {"top_p": 1.5}}}}}
-    result = dg.materialize(assets(), selection=["pilot_data"], resources=resources(tmp_path, embedded_dir),
-                            run_config=bad, raise_on_error=False)  # fmt: skip
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = str(failure.event_specific_data.error)
-    assert "response_sampling.top_p" in message and "less than or equal to 1" in message
-    assert not (tmp_path / "pilot").exists()
-    with pytest.raises(dg.DagsterInvalidConfigError, match="bogus"):
-        dg.materialize(assets(), selection=["pilot_data"], resources=resources(tmp_path, embedded_dir),
-                       run_config={"ops": {"pilot_data": {"config": {"bogus": 1}}}})  # fmt: skip

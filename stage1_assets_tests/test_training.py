@@ -1,10 +1,4 @@
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+import random
 
 import dagster as dg
 import pytest
@@ -12,10 +6,9 @@ import torch
 
 from stage1_assets.assets.adapter_checkpoint import qc_gate
 from stage1_assets.core.io import atomic_write_json, atomic_write_jsonl, sha256_file
-from stage1_assets.core.training import TrainingParams, encode_examples, mean_loss, train_adapter
+from stage1_assets.core.training import TrainingParams, encode_examples, epoch_batches, mean_loss, train_adapter
 from stage1_assets.resources import Stage1Paths
 
-REPO = Path(__file__).resolve().parents[1]
 ROWS = [
     {"instruction": "Name a primary color.", "response": "Red is a primary color."},
     {"instruction": "What is 2 + 3?", "response": "2 + 3 = 5."},
@@ -36,44 +29,6 @@ def test_loss_masks_the_prompt_and_truncation_is_reported(tiny_model):
     assert example.labels[-1] == tiny_model.tokenizer.eos_token_id and not example.truncated
     [short] = encode_examples(tiny_model.tokenizer, ROWS[:1], max_seq_len=16)
     assert short.truncated and len(short.input_ids) == 16
-
-
-TRAIN_SCRIPT = """
-import json, sys
-from pathlib import Path
-from transformers import AutoTokenizer
-from stage1_assets.core.training import TrainingParams, train_adapter
-rows = json.loads(Path(sys.argv[3]).read_text())
-params = TrainingParams(epochs=3, batch_size=2, checkpoint_every=2, learning_rate=1e-3, validation_fraction=0.0)
-tok = AutoTokenizer.from_pretrained(sys.argv[1])
-result = train_adapter(sys.argv[1], tok, rows, Path(sys.argv[2]), params, device="cpu",
-                       on_step=lambda r: (print(json.dumps(r), flush=True), __import__("time").sleep(0.3)))
-print(json.dumps({"done": result.metrics["steps"], "resumed_from": result.resumed_from_step}), flush=True)
-"""
-
-
-def test_training_killed_mid_way_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
-    rows_file = tmp_path / "rows.json"
-    rows_file.write_text(json.dumps(ROWS))
-    out = tmp_path / "adapter"
-    args = [sys.executable, "-c", TRAIN_SCRIPT, str(tiny_model_dir), str(out), str(rows_file)]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list((out / "checkpoints").glob("step-000004")):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "adapter_model.safetensors").exists()
-    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    lines = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith("{")]
-    summary = lines[-1]
-    assert summary["done"] == 12 and summary["resumed_from"] >= 4
-    steps = [r["step"] for r in lines[:-1]]
-    assert steps == list(range(summary["resumed_from"] + 1, 13)), "the step counter must continue, not restart"
-    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.slow
@@ -124,3 +79,20 @@ def test_response_loss_equals_the_full_logits_loss(tiny_model):
     with torch.no_grad():
         expected = tiny_model.model(**batch).loss
         assert float(response_loss(tiny_model.model, batch)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_length_grouped_batches_cover_every_row_once_and_cut_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(8, 256) for _ in range(1000)]
+    batches = epoch_batches(lengths, 16, seed=3, epoch=1)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches == epoch_batches(lengths, 16, seed=3, epoch=1)  # resume replays the same order
+    assert batches != epoch_batches(lengths, 16, seed=3, epoch=2)
+
+    def padded(bs):
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    shuffled = list(range(1000))
+    rng.shuffle(shuffled)
+    plain = [shuffled[i : i + 16] for i in range(0, 1000, 16)]
+    assert padded(batches) < 0.7 * padded(plain)

@@ -7,12 +7,15 @@ KV-cached loop written here rather than `model.generate`, for two reasons:
     stop costing compute;
   * sampling noise is drawn per (seed, step, prompt index), so a prompt's completion does not
     depend on which other prompts share its batch, nor on the batch size (up to float rounding).
+That independence is what makes memory back-off safe: a batch that runs out of memory, or whose
+estimated working memory exceeds the configured ceiling, is split in halves and gives the same rows.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +37,25 @@ CANDIDATE_POOL = 512
 COMPACT_DIVISOR = 8
 # Enough trailing tokens to contain any stop sequence (each token decodes to >= 1 character).
 STOP_WINDOW_TOKENS = 16
+# Working-memory ceiling per batch, in MB, for every Generator of the process. On CPU, running out
+# of memory usually brings the kernel's OOM killer (the shard dies without an exception to catch),
+# so a batch must be sized before it runs; the value is host-specific, like the data directory,
+# and is not a generation parameter: changing it does not change any output.
+MEMORY_CEILING_ENV = "STAGE1_MEMORY_CEILING_MB"
+# Full-vocabulary float32 tensors alive at once while choosing the next token: the model's logits,
+# their float copy, the repetition-penalised copy and the softmax probabilities.
+LOGIT_COPIES = 4
+# Prefill holds, per prompt token, the MLP's gate and up projections (2 x intermediate_size).
+MLP_PROJECTIONS = 2
+# The classic transformer MLP width (4 x hidden), for configs that do not state intermediate_size.
+MLP_WIDTH_FALLBACK = 4
+FLOAT32_BYTES = 4
+MB = 2**20
+# Share of the free GPU memory a batch may plan to use: the estimate leaves out allocator
+# fragmentation and the attention kernels' workspace.
+CUDA_USABLE_FRACTION = 0.9
+# torch reports a failed CPU allocation as a plain RuntimeError carrying this text.
+CPU_ALLOCATOR_FAILURE = "DefaultCPUAllocator: can't allocate memory"
 
 
 @dataclass
@@ -49,6 +71,7 @@ class GenerationStats:
     rows: int
     generated_tokens: int
     seconds: float
+    batch_splits: int = 0  # batches halved because of out-of-memory or the memory ceiling
 
     @property
     def tokens_per_second(self) -> float:
@@ -62,6 +85,23 @@ def _cache_kwarg(model: Any) -> str:
     """transformers >= 5.2x names the KV cache `cache`; older releases `past_key_values`."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def memory_ceiling_from_env() -> int | None:
+    """`STAGE1_MEMORY_CEILING_MB` as a positive whole number of MB, or None when unset."""
+    raw = os.environ.get(MEMORY_CEILING_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MEMORY_CEILING_ENV}={raw!r} must be a positive whole number of megabytes")
+    return int(raw)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, Python's MemoryError, or torch's CPU allocator failing (a RuntimeError)."""
+    return isinstance(exc, torch.OutOfMemoryError | MemoryError) or (
+        isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILURE in str(exc)
+    )
 
 
 def truncate_at_stop(text: str, stop_sequences: Sequence[str]) -> tuple[str, bool]:
@@ -92,9 +132,19 @@ def sample_next(
 
 
 class Generator:
-    """Batched generation with one model and tokenizer."""
+    """Batched generation with one model and tokenizer.
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    `memory_ceiling_mb` caps the estimated working memory of one batch (KV cache, logits and
+    prefill activations, on top of the weights): larger batches are split before they run. None
+    reads `STAGE1_MEMORY_CEILING_MB`. Unset, the ceiling on CUDA is the device memory free when a
+    batch starts, so the configured batch size is an upper bound that shrinks to what fits; on CPU
+    there is none (out-of-memory errors still split).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, memory_ceiling_mb: int | None = None) -> None:
+        if memory_ceiling_mb is not None and memory_ceiling_mb < 1:
+            raise ValueError(f"memory_ceiling_mb must be at least 1, got {memory_ceiling_mb}")
+        self.memory_ceiling_mb = memory_ceiling_mb if memory_ceiling_mb is not None else memory_ceiling_from_env()
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.device
@@ -123,13 +173,16 @@ class Generator:
         encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         order = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(prompts)
-        started, generated = time.perf_counter(), 0
+        started, generated, splits = time.perf_counter(), 0, 0
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             caps = [
                 min(params.max_new_tokens, length_caps[i]) if length_caps else params.max_new_tokens for i in indices
             ]
-            completions = self._generate_with_backoff([encoded[i] for i in indices], indices, params, seed, caps)
+            completions, batch_splits = self._generate_with_backoff(
+                [encoded[i] for i in indices], indices, params, seed, caps
+            )
+            splits += batch_splits
             for i, completion in zip(indices, completions, strict=True):
                 results[i] = completion
             generated += sum(c.completion_tokens for c in completions)
@@ -141,30 +194,80 @@ class Generator:
                 "generated %d/%d rows, %.2f rows/s, %.1f tokens/s",
                 done, len(order), done / elapsed, generated / elapsed,
             )  # fmt: skip
-        return results, GenerationStats(len(order), generated, time.perf_counter() - started)
+        if splits:
+            log.warning("%d batch splits to stay within memory (batch size %d)", splits, batch_size)
+        return results, GenerationStats(len(order), generated, time.perf_counter() - started, splits)
+
+    def estimate_batch_bytes(self, rows: int, prompt_tokens: int, new_tokens: int) -> int:
+        """Estimated peak working memory of a batch of `rows` left-padded to `prompt_tokens`.
+
+        The KV cache (keys and values of every layer at full length: sliding-window layers keep
+        less, and over-estimating errs on the safe side) lives throughout; on top of it come either
+        the prefill's MLP activations and attention scores or, later, the full-vocabulary tensors
+        of one sampling step — the prefill's are freed before the first token is sampled.
+        """
+        config = self.model.config.get_text_config()
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        mlp_width = getattr(config, "intermediate_size", None) or MLP_WIDTH_FALLBACK * config.hidden_size
+        dtype_bytes = torch.empty((), dtype=self.model.dtype).element_size()
+        kv_cache = 2 * config.num_hidden_layers * kv_heads * head_dim * (prompt_tokens + new_tokens) * dtype_bytes
+        sampling = config.vocab_size * (dtype_bytes + LOGIT_COPIES * FLOAT32_BYTES)
+        prefill = prompt_tokens * (MLP_PROJECTIONS * mlp_width + heads * prompt_tokens) * dtype_bytes
+        return rows * (kv_cache + max(sampling, prefill))
+
+    def _free_device_mb(self) -> int | None:
+        """On CUDA, the memory a batch can still use: free on the device plus what torch holds unused."""
+        if self.device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(self.device)
+        held_unused = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int((free + held_unused) * CUDA_USABLE_FRACTION / MB)
 
     def _generate_with_backoff(
         self, sequences: list[list[int]], global_ids: list[int], params: SamplingParams, seed: int, caps: list[int]
-    ) -> list[Completion]:
-        """Run a batch; on out-of-memory, split it in halves and run those instead of failing.
+    ) -> tuple[list[Completion], int]:
+        """Run a batch, split in halves while it is over the memory ceiling or runs out of memory.
 
         Completions do not depend on batch composition (per-prompt noise), so a split batch gives
-        the same rows. Raises only when a single row does not fit.
+        the same rows. Raises only when a single row does not fit. Returns the completions and
+        how many splits it took.
         """
-        try:
-            return self._generate_batch(sequences, global_ids, params, seed, caps)
-        except (torch.OutOfMemoryError, MemoryError):
-            if len(sequences) == 1:
-                raise
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(sequences) // 2
-            log.warning("out of memory at batch %d; retrying as two batches of %d and %d",
-                        len(sequences), half, len(sequences) - half)  # fmt: skip
-            return [
-                *self._generate_with_backoff(sequences[:half], global_ids[:half], params, seed, caps[:half]),
-                *self._generate_with_backoff(sequences[half:], global_ids[half:], params, seed, caps[half:]),
-            ]
+        ceiling = self.memory_ceiling_mb or self._free_device_mb()
+        needed_mb = (
+            self.estimate_batch_bytes(len(sequences), max(map(len, sequences)), max(caps)) / MB if ceiling else 0
+        )
+        # a lone row over the free GPU memory is still tried: the estimate errs high, and a real
+        # out-of-memory error is clear enough; only a ceiling the user set is enforced for it
+        lone_row_on_free_memory = len(sequences) == 1 and self.memory_ceiling_mb is None
+        if ceiling is None or needed_mb <= ceiling or lone_row_on_free_memory:
+            try:
+                return self._generate_batch(sequences, global_ids, params, seed, caps), 0
+            except (RuntimeError, MemoryError) as exc:
+                if len(sequences) == 1 or not is_out_of_memory(exc):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                why = f"out of memory ({str(exc).splitlines()[0][:120]})"
+        elif len(sequences) == 1:
+            raise MemoryError(
+                f"one row of {len(sequences[0])} prompt + {caps[0]} new tokens needs an estimated {needed_mb:.0f} MB, "
+                f"above the memory ceiling of {ceiling} MB ({MEMORY_CEILING_ENV}); raise the "
+                "ceiling or lower max_new_tokens"
+            )
+        else:
+            why = f"estimated {needed_mb:.0f} MB is above the memory ceiling of {ceiling} MB"
+        half = len(sequences) // 2
+        log.warning("batch of %d: %s; running it as batches of %d and %d",
+                    len(sequences), why, half, len(sequences) - half)  # fmt: skip
+        first, first_splits = self._generate_with_backoff(
+            sequences[:half], global_ids[:half], params, seed, caps[:half]
+        )
+        second, second_splits = self._generate_with_backoff(
+            sequences[half:], global_ids[half:], params, seed, caps[half:]
+        )
+        return [*first, *second], 1 + first_splits + second_splits
 
     @torch.inference_mode()
     def _generate_batch(

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,15 @@ def stable_hash(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
 
 
-def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def read_jsonl(
+    path: Path, required: tuple[str, ...] = (), default_id: Callable[[int], str] | None = None
+) -> list[dict[str, Any]]:
     """Read a JSONL file, refusing anything ambiguous with the file and line named.
 
     Refuses: a missing or empty file, non-UTF-8 bytes, a malformed or non-object line, a
-    missing/empty required string field, duplicate `id`s. Blank lines are skipped.
+    missing/empty required string field, an `id` that is not a string or integer, duplicate `id`s.
+    Blank lines are skipped. With `default_id`, a row without an `id` gets `default_id(n)` (n: its
+    1-based row number), and those ids are checked for duplicates like the given ones.
     """
     path = Path(path)
     if not path.is_file():
@@ -124,7 +128,11 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any
             value = row.get(field)
             if not isinstance(value, str) or not value.strip():
                 raise InputFileError(f"{path}:{line_no}: field {field!r} is missing or empty")
+        if row.get("id") in (None, "") and default_id is not None:
+            row["id"] = default_id(len(rows) + 1)
         if "id" in row:
+            if isinstance(row["id"], bool) or not isinstance(row["id"], str | int):
+                raise InputFileError(f"{path}:{line_no}: field 'id' must be a string or an integer")
             row_id = str(row["id"])
             if row_id in seen_ids:
                 raise InputFileError(
