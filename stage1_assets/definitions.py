@@ -11,7 +11,7 @@ from .assets.scale_shards import scale_shards
 from .assets.sft_dataset import sft_dataset
 from .assets.test_instructions import test_instructions
 from .resources import BaseModelResource, ProvenanceResource, Stage1Paths
-from .schedules import missing_shards_schedule, scale_shards_job
+from .schedules import evaluation_job, missing_shards_schedule, scale_shards_job, training_job
 
 defs = dg.Definitions(
     assets=[
@@ -24,7 +24,7 @@ defs = dg.Definitions(
         adapter_checkpoint,
         eval_report,
     ],
-    jobs=[scale_shards_job],
+    jobs=[scale_shards_job, training_job, evaluation_job],
     schedules=[missing_shards_schedule],
     resources={
         "model": BaseModelResource(),

@@ -8,23 +8,67 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from .core import model_loader
+from .core import devices, model_loader
 from .core.provenance import Artifact, ProvenanceRecord, ProvenanceStore, code_version
+from .core.storage import ArtifactStore, parse_storage_options
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = os.environ.get("STAGE1_DATA_DIR", str(REPO_ROOT / "data"))
 DEFAULT_MODELS_DIR = os.environ.get("STAGE1_MODELS_DIR", str(REPO_ROOT / "data" / "models"))
+DEFAULT_ARTIFACT_STORE = os.environ.get("STAGE1_ARTIFACT_STORE", "")
+DEFAULT_ARTIFACT_STORE_OPTIONS = os.environ.get("STAGE1_ARTIFACT_STORE_OPTIONS", "")
 
 _LOADED: dict[tuple[Any, ...], model_loader.LoadedModel] = {}
 
 
-class Stage1Paths(dg.ConfigurableResource):
-    """Root of the produced artifacts (DESIGN.md layout under `data/`)."""
+class ArtifactStoreConfig(dg.ConfigurableResource):
+    """Where artifacts live for every host (README: Beyond one machine); paths and provenance share it."""
+
+    artifact_store: str = Field(
+        default=DEFAULT_ARTIFACT_STORE,
+        description="fsspec URL of the artifact store shared by all hosts (e.g. s3://bucket/stage1); `data_dir` "
+        "is then its local mirror. Empty (default): `data_dir` is the only copy, for one host.",
+    )
+    artifact_store_options: str = Field(
+        default=DEFAULT_ARTIFACT_STORE_OPTIONS,
+        description='fsspec storage options as a JSON object (e.g. {"endpoint_url": "http://minio:9000"}); '
+        "credentials come from the backend's usual environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).",
+    )
+
+    def storage_options(self) -> dict[str, Any]:
+        return parse_storage_options(self.artifact_store_options)
+
+
+class Stage1Paths(ArtifactStoreConfig):
+    """Root of the produced artifacts (DESIGN.md layout under `data/`), mirrored to the artifact store if any.
+
+    Assets read inputs through `fetch`/`fetch_dir` and hand outputs to `publish` after writing them;
+    without an artifact store both are no-ops.
+    """
 
     data_dir: str = Field(default=DEFAULT_DATA_DIR, description="Directory for produced artifacts.")
 
     def path(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)
+
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.data_dir, self.artifact_store, self.storage_options())
+
+    def fetch(self, *parts: str) -> Path:
+        """The local path of file `parts`, holding the store's current version."""
+        return self.store().fetch(self.path(*parts))
+
+    def fetch_dir(self, *parts: str, pattern: str | None = None) -> Path:
+        """The local path of folder `parts`, mirroring the store's files (those matching `pattern`)."""
+        return self.store().fetch_dir(self.path(*parts), pattern)
+
+    def publish(self, *paths: Path) -> None:
+        """Upload written files or folders to the store (in the order given)."""
+        self.store().sync(*paths)
+
+    def location(self, path: Path) -> str:
+        """What provenance and metadata call `path`: its store URL, or the local path on one host."""
+        return self.store().location(path)
 
 
 class BaseModelResource(dg.ConfigurableResource):
@@ -41,6 +85,9 @@ class BaseModelResource(dg.ConfigurableResource):
         default=False, description="Override the contamination guard (needs override_reason)."
     )
     override_reason: str | None = Field(default=None, description="Why the guard is overridden.")
+    gpu_wait_seconds: float = Field(
+        default=600.0, ge=0.0, description="How long to wait for a free GPU when every GPU of the host is claimed."
+    )
 
     def load(self) -> model_loader.LoadedModel:
         """Load once per process: every asset in a run shares one copy of the weights."""
@@ -50,21 +97,30 @@ class BaseModelResource(dg.ConfigurableResource):
             _LOADED[key] = model_loader.load_model(
                 source=self.source,
                 models_dir=Path(self.models_dir),
-                device=self.device,
+                device=self._device(),
                 allow_hub=self.allow_hub,
                 allow_instruction_tuned=self.allow_instruction_tuned,
                 override_reason=self.override_reason,
             )
         return _LOADED[key]
 
+    def _device(self) -> str:
+        """On a CUDA host, this process's own GPU (see core/devices.py); else the configured device."""
+        if self.device == "cpu" or not model_loader.cuda_available():
+            return self.device
+        return devices.claim_gpu_for_process(wait_seconds=self.gpu_wait_seconds)
 
-class ProvenanceResource(dg.ConfigurableResource):
-    """DuckDB provenance store (`data/provenance.duckdb` by default)."""
+
+class ProvenanceResource(ArtifactStoreConfig):
+    """DuckDB provenance store (`data/provenance.duckdb` by default); with an artifact store, every record also
+    goes to the shared log `<artifact_store>/provenance/spool/` that each host's DuckDB ingests."""
 
     db_path: str = Field(default=str(Path(DEFAULT_DATA_DIR) / "provenance.duckdb"))
 
     def store(self) -> ProvenanceStore:
-        return ProvenanceStore(Path(self.db_path))
+        return ProvenanceStore(
+            Path(self.db_path), store_url=self.artifact_store, storage_options=self.storage_options()
+        )
 
     def record(
         self,

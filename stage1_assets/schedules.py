@@ -4,6 +4,7 @@ import dagster as dg
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from .assets.scale_shards import SHARD_PARTITIONS, scale_shards
+from .k8s import GPU_TAGS
 
 SHARD_ASSET = dg.AssetKey("scale_shards")
 
@@ -12,6 +13,19 @@ scale_shards_job = dg.define_asset_job(
     selection=[scale_shards],
     partitions_def=SHARD_PARTITIONS,
     description="Generate one scale shard (backfill it over all or some partitions).",
+    tags=GPU_TAGS,  # run tags too: on Kubernetes each run's pod asks for a GPU (stage1_assets/k8s.py)
+)
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=["adapter_checkpoint"],
+    description="Train the adapter (on Kubernetes, in a pod with a GPU).",
+    tags=GPU_TAGS,
+)
+evaluation_job = dg.define_asset_job(
+    "evaluation_job",
+    selection=["eval_report"],
+    description="Evaluate base vs base+adapter (on Kubernetes, in a pod with a GPU).",
+    tags=GPU_TAGS,
 )
 
 

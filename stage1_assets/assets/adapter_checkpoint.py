@@ -11,6 +11,7 @@ from ..config import PROFILE
 from ..core import plots
 from ..core.io import atomic_write_bytes, atomic_write_json, read_jsonl, sha256_file, stable_hash
 from ..core.training import ADAPTER_FILES, TrainingParams, train_adapter
+from ..k8s import GPU_TAGS
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
 METRICS_FILE = "training_metrics.json"
@@ -27,7 +28,7 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
     Overlap comes from the QC summary's own test-set check; the summary must describe the current
     dataset and the current test set. Returns the dataset's sha256.
     """
-    qc_path = paths.path("qc_summary.json")
+    qc_path = paths.fetch("qc_summary.json")
     if not qc_path.exists():
         raise dg.Failure(f"{qc_path} does not exist: materialize qc_summary (and pass its checks) before training")
     summary = json.loads(qc_path.read_text())
@@ -44,7 +45,7 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
             "refusing to train on a dataset that failed QC: " + "; ".join(failed) + ". Open the failed "
             "qc_summary checks in the UI for the flagged examples."
         )
-    if summary.get("test_set_sha256") != sha256_file(paths.path("test_instructions.jsonl")):
+    if summary.get("test_set_sha256") != sha256_file(paths.fetch("test_instructions.jsonl")):
         raise dg.Failure(f"{qc_path} was computed against another test set: re-materialize qc_summary first")
     return dataset_hash
 
@@ -55,7 +56,8 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
     group_name="training",
     kinds={"pytorch", "peft"},
     owners=["team:stage1"],
-    tags={"stage": "training", "dagster-k8s/resource": "gpu"},
+    tags={"stage": "training"},
+    op_tags=GPU_TAGS,
     description=(
         "LoRA adapter (QLoRA: 4-bit NF4 base on CUDA; fp32 LoRA on CPU) trained on `sft_dataset` with loss on "
         "response tokens only. Standard PEFT directory `data/adapters/<spec-hash>/` (loadable with "
@@ -71,14 +73,14 @@ def adapter_checkpoint(
     provenance: ProvenanceResource,
 ) -> dg.MaterializeResult:
     started = time.perf_counter()
-    sft_path = paths.path("stage1_sft_data.jsonl")
+    sft_path = paths.fetch("stage1_sft_data.jsonl")
     dataset_hash = qc_gate(paths, sft_path)
     rows = read_jsonl(sft_path, required=("instruction", "response"))
     lm = model.load()
     params = TrainingParams(**config.model_dump(exclude={"max_steps"}))
     spec = {"dataset": dataset_hash, "base_model": lm.info.fingerprint, "params": params.model_dump(),
             "max_steps": config.max_steps}  # fmt: skip
-    out_dir = paths.path("adapters", stable_hash(spec)[:16])
+    out_dir = paths.fetch_dir("adapters", stable_hash(spec)[:16])  # an adapter another host trained is reused
     metrics_path = out_dir / METRICS_FILE
     if metrics_path.exists():
         context.log.info(f"{out_dir} already holds an adapter trained with this spec; reusing it")
@@ -91,12 +93,13 @@ def adapter_checkpoint(
         metrics = result.metrics | {"history": result.history, "spec": spec}
         atomic_write_bytes(out_dir / "loss_curve.png", plots.loss_curve(result.history))
         atomic_write_json(metrics_path, metrics)  # written last: its presence marks a finished adapter
+    paths.publish(*(out_dir / name for name in ADAPTER_FILES), out_dir / "loss_curve.png", metrics_path)
     adapter_hash = stable_hash({name: sha256_file(out_dir / name) for name in ADAPTER_FILES})
     provenance.record(
         context,
         started,
         inputs={"base_model": lm.info.fingerprint, "sft_dataset": dataset_hash},
-        outputs={"adapter": (str(out_dir), adapter_hash)},
+        outputs={"adapter": (paths.location(out_dir), adapter_hash)},
         model_fingerprint=lm.info.fingerprint,
         params=spec["params"] | {"max_steps": config.max_steps},
         row_count=len(rows),
@@ -106,7 +109,7 @@ def adapter_checkpoint(
     png = (out_dir / "loss_curve.png").read_bytes()
     return dg.MaterializeResult(
         metadata={
-            "adapter_dir": dg.MetadataValue.path(str(out_dir)),
+            "adapter_dir": dg.MetadataValue.path(paths.location(out_dir)),
             "adapter_hash": adapter_hash,
             "quantization": metrics["quantization"],
             "steps": metrics["steps"],

@@ -29,12 +29,13 @@ def base_model(
     info = model.load().info
     manifest_path = paths.path("base_model.json")
     atomic_write_json(manifest_path, info.as_dict())
+    paths.publish(manifest_path)
     provenance.record(
         context,
         started,
         outputs={"base_model": (info.path, info.fingerprint)},
         model_fingerprint=info.fingerprint,
-        params={"source": model.source, "device": info.device, "dtype": info.dtype},
+        params={"source": model.source, "device": info.device, "dtype": info.dtype, "guard": info.guard.as_dict()},
         metrics={"parameter_count": info.parameter_count, "load_seconds": info.load_seconds},
         device=info.device,
     )

@@ -1,6 +1,7 @@
 """`eval_report`: base vs base+adapter on every held-out instruction, judged by the clean base model."""
 
 import time
+from pathlib import PurePosixPath
 
 import dagster as dg
 from pydantic import Field
@@ -9,6 +10,7 @@ from ..config import PROFILE, ResponseSamplingConfig
 from ..core import plots, prompts
 from ..core.evaluation import JUDGE_VERSION, EvalParams, evaluate, markdown_report
 from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl, sha256_file
+from ..k8s import GPU_TAGS
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
 
@@ -34,7 +36,8 @@ def _latest_adapter_dir(context: dg.AssetExecutionContext) -> str:
     group_name="evaluation",
     kinds={"pytorch", "markdown"},
     owners=["team:stage1"],
-    tags={"stage": "evaluation", "dagster-k8s/resource": "gpu"},
+    tags={"stage": "evaluation"},
+    op_tags=GPU_TAGS,
     check_specs=[
         dg.AssetCheckSpec(
             "judge_trustworthy",
@@ -66,16 +69,17 @@ def eval_report(
     from transformers import AutoModelForCausalLM
 
     started = time.perf_counter()
-    test_path = paths.path("test_instructions.jsonl")
+    test_path = paths.fetch("test_instructions.jsonl")
     test_rows = read_jsonl(test_path, required=("instruction",))
-    adapter_dir = _latest_adapter_dir(context)
+    # the adapter's folder name is its spec hash; its files come from the store when there is one
+    adapter_dir = paths.fetch_dir("adapters", PurePosixPath(_latest_adapter_dir(context)).name)
     lm = model.load()
     fresh_base = AutoModelForCausalLM.from_pretrained(lm.info.path, dtype=lm.model.dtype).to(lm.info.device)
-    adapted = PeftModel.from_pretrained(fresh_base, adapter_dir).eval()
+    adapted = PeftModel.from_pretrained(fresh_base, str(adapter_dir)).eval()
     params = EvalParams(config.sampling, config.batch_size, config.seed, config.tie_margin)
     report = evaluate(lm.model, adapted, lm.tokenizer, test_rows, params)
-    report |= {"adapter_dir": adapter_dir, "base_model": lm.info.fingerprint, "test_set_sha256": sha256_file(test_path),
-               "prompt_version": prompts.prompt_version()}  # fmt: skip
+    report |= {"adapter_dir": paths.location(adapter_dir), "base_model": lm.info.fingerprint,
+               "test_set_sha256": sha256_file(test_path), "prompt_version": prompts.prompt_version()}  # fmt: skip
     png = plots.histogram(
         {"SFT": [p["sft_score"] for p in report["pairs"]], "base": [p["base_score"] for p in report["pairs"]]},
         "judge score (PMI, nats/token)",
@@ -85,8 +89,9 @@ def eval_report(
     markdown = markdown_report(report, plots.markdown_image(png, "judge scores"))
     json_path = atomic_write_json(paths.path("eval_report.json"), report)
     atomic_write_text(paths.path("eval_report.md"), markdown)
+    paths.publish(paths.path("eval_scores.png"), paths.path("eval_report.md"), json_path)
     report_hash = sha256_file(json_path)
-    adapter_hash = sha256_file(f"{adapter_dir}/adapter_model.safetensors")
+    adapter_hash = sha256_file(adapter_dir / "adapter_model.safetensors")
     headline = {k: report[k] for k in ("n", "wins", "ties", "losses", "win_rate", "win_rate_ci95", "sign_test_p",
                                        "judge_position_consistency", "judge_control_accuracy")}  # fmt: skip
     provenance.record(
@@ -97,7 +102,7 @@ def eval_report(
             "adapter": adapter_hash,
             "test_instructions": report["test_set_sha256"],
         },
-        outputs={"eval_report": (str(json_path), report_hash)},
+        outputs={"eval_report": (paths.location(json_path), report_hash)},
         model_fingerprint=lm.info.fingerprint,
         params=config.model_dump() | {"judge": JUDGE_VERSION},
         prompt_version=report["prompt_version"],
@@ -116,7 +121,7 @@ def eval_report(
             "judge_position_consistency": report["judge_position_consistency"],
             "n": report["n"],
             "report": dg.MetadataValue.md(markdown),
-            "path": dg.MetadataValue.path(str(paths.path("eval_report.md"))),
+            "path": dg.MetadataValue.path(paths.location(paths.path("eval_report.md"))),
         },
         data_version=dg.DataVersion(report_hash[:16]),
     )

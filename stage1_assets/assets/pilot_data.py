@@ -86,12 +86,13 @@ def pilot_data(
     provenance: ProvenanceResource,
 ):
     started = time.perf_counter()
-    test_path = paths.path("test_instructions.jsonl")
+    test_path = paths.fetch("test_instructions.jsonl")
     test_rows = read_jsonl(test_path, required=("instruction",))
     lm = model.load()
     params = GenerationParams(config.instruction_sampling, config.response_sampling, config.critic, config.batch_size)
     generator = Generator(lm.model, lm.tokenizer)
-    iteration = pilot.next_iteration(paths.path("pilot"))
+    # every host's iterations count: numbering continues after the store's latest one
+    iteration = pilot.next_iteration(paths.fetch_dir("pilot", pattern=f"*/{pilot.MANIFEST}"))
     out_dir = paths.path("pilot", iteration)
 
     instructions, removed = generate_instructions(
@@ -134,6 +135,8 @@ def pilot_data(
         "checks_passed": checks_passed,
     }
     atomic_write_json(out_dir / pilot.MANIFEST, manifest)
+    # the manifest last: shards on other hosts look for it, and its files must be there first
+    paths.publish(pairs_path, out_dir / "pairs.parquet", out_dir / "qc_summary.json", out_dir / pilot.MANIFEST)
     metrics = {m: v["value"] for m, v in summary["metrics"].items()}
     metrics |= {"iteration": iteration, "checks_passed": checks_passed, "critic_rank_agreement": disc.rank_agreement,
                 "removed_instructions": removed}  # fmt: skip
@@ -141,7 +144,7 @@ def pilot_data(
         context,
         started,
         inputs={"base_model": lm.info.fingerprint, "test_instructions": manifest["test_set_sha256"]},
-        outputs={"pilot_pairs": (str(pairs_path), pairs_hash)},
+        outputs={"pilot_pairs": (paths.location(pairs_path), pairs_hash)},
         model_fingerprint=lm.info.fingerprint,
         params=params.as_dict() | {"seed": config.seed, "count": config.count, "qc": config.qc.model_dump()},
         prompt_version=manifest["prompt_version"],
@@ -155,8 +158,8 @@ def pilot_data(
             "row_count": len(rows),
             "accepted": sum(r["accepted"] for r in rows),
             "qc_passed": checks_passed,
-            "qc_summary_path": dg.MetadataValue.path(str(out_dir / "qc_summary.json")),
-            "pairs_path": dg.MetadataValue.path(str(pairs_path)),
+            "qc_summary_path": dg.MetadataValue.path(paths.location(out_dir / "qc_summary.json")),
+            "pairs_path": dg.MetadataValue.path(paths.location(pairs_path)),
             "content_hash": pairs_hash,
             "qc": dg.MetadataValue.md(
                 markdown_table(

@@ -40,10 +40,11 @@ from .scale_shards import SHARD_PARTITIONS
 )
 def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage1Paths, provenance: ProvenanceResource):
     started = time.perf_counter()
-    rows = [r for k in SHARD_PARTITIONS.get_partition_keys() for r in read_rows(paths.path("shards", k, "pairs.jsonl"))]
-    sft_path = paths.path("stage1_sft_data.jsonl")
+    keys = SHARD_PARTITIONS.get_partition_keys()
+    rows = [r for k in keys for r in read_rows(paths.fetch("shards", k, "pairs.jsonl"))]
+    sft_path = paths.fetch("stage1_sft_data.jsonl")
     sft_rows = read_jsonl(sft_path, required=("instruction", "response"))
-    test_path = paths.path("test_instructions.jsonl")
+    test_path = paths.fetch("test_instructions.jsonl")
     index = TestSetIndex([r["instruction"] for r in read_jsonl(test_path, required=("instruction",))])
     overlaps = [
         {"id": r["id"], "instruction": r["instruction"], "response_excerpt": r["response"][:160], "why": why}
@@ -66,12 +67,13 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
         "response tokens",
     )  # fmt: skip
     atomic_write_bytes(paths.path("qc_response_lengths.png"), png)
+    paths.publish(paths.path("qc_response_lengths.png"), target)
     content_hash = sha256_file(target)
     provenance.record(
         context,
         started,
         inputs={"sft_dataset": summary["sft_dataset_sha256"], "test_instructions": summary["test_set_sha256"]},
-        outputs={"qc_summary": (str(target), content_hash)},
+        outputs={"qc_summary": (paths.location(target), content_hash)},
         params=config.model_dump(),
         row_count=len(rows),
         metrics={m: v["value"] for m, v in summary["metrics"].items()} | {"test_overlap": len(overlaps)},
@@ -82,7 +84,7 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
             "pairs": len(rows),
             "sft_rows": len(sft_rows),
             "passed": summary["passed"] and not overlaps,
-            "path": dg.MetadataValue.path(str(target)),
+            "path": dg.MetadataValue.path(paths.location(target)),
             "per_shard": dg.MetadataValue.md(markdown_table(per_shard, list(per_shard[0]))),
             "response_lengths": dg.MetadataValue.md(plots.markdown_image(png, "response lengths")),
         },

@@ -13,6 +13,7 @@ from ..core.io import read_jsonl, sha256_file
 from ..core.pairs import GenerationParams
 from ..core.report import markdown_table
 from ..core.shards import run_shard, shard_index, shard_keys, shard_seed, shard_sizes
+from ..k8s import GPU_TAGS
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
 # Partition keys are fixed when the code location loads (STAGE1_PROFILE); keys hold no commas.
@@ -70,7 +71,8 @@ def params_from_manifest(manifest: dict) -> GenerationParams:
     group_name="scale",
     kinds={"jsonl", "parquet", "pytorch"},
     owners=["team:stage1"],
-    tags={"stage": "scale", "dagster-k8s/resource": "gpu"},
+    tags={"stage": "scale"},
+    op_tags=GPU_TAGS,
     description=(
         "One shard of scale generation per partition (`data/shards/<shard-key>/pairs.jsonl`, ids "
         "`shard-003-000117`), generated with exactly the parameters of the latest passing pilot's session "
@@ -88,14 +90,17 @@ def scale_shards(
     started = time.perf_counter()
     key = context.partition_key
     count = config.count or shard_sizes(PROFILE.total_pairs, PROFILE.num_shards)[shard_index(key)]
-    test_path = paths.path("test_instructions.jsonl")
+    test_path = paths.fetch("test_instructions.jsonl")
     exclude = [r["instruction"] for r in read_jsonl(test_path, required=("instruction",))]
     lm = model.load()
-    manifest = session_manifest(paths.path("pilot"), config.pilot_iteration, lm.info.fingerprint)
+    pilot_dir = paths.fetch_dir("pilot", pattern=f"*/{pilot.MANIFEST}")
+    manifest = session_manifest(pilot_dir, config.pilot_iteration, lm.info.fingerprint)
     params = params_from_manifest(manifest)
     seed = shard_seed(config.seed_base, key)
     context.log.info(f"{key}: {count} pairs, seed {seed}, pilot iteration {manifest['iteration']}")
-    result = run_shard(lm, paths.path("shards", key), key, count, seed, params, exclude)
+    # the store's checkpoints of this shard (from any host) are resumed; ours are published as they are written
+    shard_dir = paths.fetch_dir("shards", key)
+    result = run_shard(lm, shard_dir, key, count, seed, params, exclude, on_change=paths.publish)
     rows = result.rows
     accepted = sum(r["accepted"] for r in rows)
     wall = time.perf_counter() - started
@@ -107,7 +112,7 @@ def scale_shards(
             "pilot_manifest": manifest["pairs_sha256"],
             "test_instructions": sha256_file(test_path),
         },  # fmt: skip
-        outputs={"shard_pairs": (str(result.pairs_path), result.content_hash)},
+        outputs={"shard_pairs": (paths.location(result.pairs_path), result.content_hash)},
         model_fingerprint=lm.info.fingerprint,
         params=params.as_dict() | {"seed": seed, "count": count, "pilot_iteration": manifest["iteration"]},
         prompt_version=prompts.prompt_version(),
@@ -132,7 +137,7 @@ def scale_shards(
             "reused_existing_shard": result.reused,
             "pairs_per_second": len(rows) / wall if not result.reused else 0.0,
             "content_hash": result.content_hash,
-            "path": dg.MetadataValue.path(str(result.pairs_path)),
+            "path": dg.MetadataValue.path(paths.location(result.pairs_path)),
             "preview": dg.MetadataValue.md(
                 markdown_table(rows[:5], ["id", "instruction", "response", "critic_score", "accepted"])
             ),

@@ -57,12 +57,12 @@ def sft_dataset(
 ):
     started = time.perf_counter()
     keys = SHARD_PARTITIONS.get_partition_keys()
-    missing = [k for k in keys if not paths.path("shards", k, "pairs.jsonl").exists()]
+    shard_paths = {k: paths.fetch("shards", k, "pairs.jsonl") for k in keys}  # from every host, via the store
+    missing = [k for k, p in shard_paths.items() if not p.exists()]
     if missing:
         raise dg.Failure(f"shards not materialized yet: {missing}; backfill scale_shards first")
-    shard_paths = {k: paths.path("shards", k, "pairs.jsonl") for k in keys}
     rows = [row for k in keys for row in read_rows(shard_paths[k])]
-    test_path = paths.path("test_instructions.jsonl")
+    test_path = paths.fetch("test_instructions.jsonl")
     tests = [r["instruction"] for r in read_jsonl(test_path, required=("instruction",))]
     merged = merge_shards(rows, tests)
     kept = [{c: r[c] for c in SFT_COLUMNS} for r in merged.kept]
@@ -72,6 +72,7 @@ def sft_dataset(
             kept, schema={c: pl.Float64 if c == "critic_score" else pl.String for c in SFT_COLUMNS}
         ).write_parquet(tmp)
     atomic_write_jsonl(paths.path("sft_removed.jsonl"), merged.removed)
+    paths.publish(paths.path("stage1_sft_data.parquet"), paths.path("sft_removed.jsonl"), target)
     content_hash = sha256_file(target)
     cost = cost_summary(_shard_accelerator_seconds(provenance), len(keys), len(kept),
                         config.price_per_accelerator_hour, config.budget)  # fmt: skip
@@ -81,7 +82,7 @@ def sft_dataset(
         started,
         inputs={f"shard:{k}": sha256_file(p) for k, p in shard_paths.items()}
         | {"test_instructions": sha256_file(test_path)},
-        outputs={"sft_dataset": (str(target), content_hash)},
+        outputs={"sft_dataset": (paths.location(target), content_hash)},
         params=config.model_dump() | {"profile": PROFILE.name},
         row_count=len(kept),
         metrics={"input_pairs": len(rows), "removed_by_step": removed_by_step, "cost": cost},
@@ -94,7 +95,7 @@ def sft_dataset(
             "removed_duplicate": removed_by_step.get("duplicate", 0),
             "removed_test_overlap": removed_by_step.get("test_overlap", 0),
             "content_hash": content_hash,
-            "path": dg.MetadataValue.path(str(target)),
+            "path": dg.MetadataValue.path(paths.location(target)),
             "spend_so_far": cost["spend"],
             "spend_per_1000_accepted": cost["spend_per_1000_accepted"] or 0.0,
             "projected_total_spend": cost["projected_total"],

@@ -27,11 +27,9 @@ class HeldOutSetConfig(dg.Config):
 
 
 def _from_file(path: Path) -> tuple[list[dict], dict]:
-    rows = read_jsonl(path, required=("instruction",))
-    out = [
-        {"id": str(r.get("id") or f"test-{n:04d}"), "instruction": r["instruction"].strip(), "source": str(path)}
-        for n, r in enumerate(rows, start=1)
-    ]
+    # rows without an id are numbered like generated ones; a clash with a given id is refused too
+    rows = read_jsonl(path, required=("instruction",), default_id=lambda n: f"test-{n:04d}")
+    out = [{"id": str(r["id"]), "instruction": r["instruction"].strip(), "source": str(path)} for r in rows]
     return out, {"source": "file", "source_file": str(path), "source_sha256": sha256_file(path)}
 
 
@@ -69,12 +67,13 @@ def test_instructions(
         params = {"source": "generated", **config.model_dump(exclude={"source_file"})}
     target = paths.path("test_instructions.jsonl")
     atomic_write_jsonl(target, rows)
+    paths.publish(target)
     content_hash = sha256_file(target)
     provenance.record(
         context,
         started,
         inputs={"base_model": lm.info.fingerprint},
-        outputs={"test_instructions": (str(target), content_hash)},
+        outputs={"test_instructions": (paths.location(target), content_hash)},
         model_fingerprint=lm.info.fingerprint,
         params=params,
         prompt_version=prompts.prompt_version(),
@@ -85,7 +84,7 @@ def test_instructions(
     return dg.MaterializeResult(
         metadata={
             "row_count": len(rows),
-            "path": dg.MetadataValue.path(str(target)),
+            "path": dg.MetadataValue.path(paths.location(target)),
             "content_hash": content_hash,
             "source": params["source"],
             "removed_by_filter": dg.MetadataValue.json(removed),

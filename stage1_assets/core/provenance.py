@@ -5,8 +5,13 @@ first written as its own JSON file in a spool directory beside the database (ato
 durable the moment `record` returns), then ingested into DuckDB by whichever process gets the
 file lock: the writer itself right away when it can, otherwise the next writer or reader.
 Ingestion is idempotent (primary key on `record_id`), so a record is never lost or doubled even
-if two processes ingest the same spool file. The same spool doubles as the per-run record a
-multi-host deployment ships next to its artifacts.
+if two processes ingest the same spool file.
+
+Across hosts (an artifact store URL is configured), each record is also published as one object
+`<store>/provenance/spool/<record_id>.json` before `record` returns. Those objects are the shared,
+append-only log; every host's DuckDB is a local index of it: ingestion (every write, and every
+query, such as the merge step's) also pulls the log's records that the local database lacks.
+No host ever needs another host's DuckDB file, and one object PUT per record needs no lock.
 
 Lineage: an artifact's content hash links the record that output it to the records that took it
 as input; `LINEAGE_SQL` walks that graph back to the base model.
@@ -24,10 +29,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .io import atomic_write_json, stable_hash
+from .storage import ArtifactStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -81,6 +87,8 @@ JOIN records r USING (record_id)
 ORDER BY l.depth, r.asset_key, r.partition_key
 """
 
+REMOTE_SPOOL = "provenance/spool"
+
 RECORD_COLUMNS = (
     "record_id", "kind", "status", "run_id", "asset_key", "partition_key", "check_name",
     "code_version", "model_fingerprint", "params_json", "params_hash", "prompt_version",
@@ -130,31 +138,50 @@ class ProvenanceRecord:
 class ProvenanceStore:
     """DuckDB provenance with a crash-safe spool for concurrent writers."""
 
-    def __init__(self, db_path: Path, lock_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        lock_timeout_s: float = 60.0,
+        store_url: str = "",
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         self.db_path = Path(db_path)
         self.spool_dir = self.db_path.with_name(self.db_path.name + ".spool")
         self.lock_timeout_s = lock_timeout_s
+        # the shared log of every host's records (none: this host's DuckDB is the only index)
+        self.remote = ArtifactStore(self.spool_dir, f"{store_url.rstrip('/')}/{REMOTE_SPOOL}" if store_url else "",
+                                    storage_options)  # fmt: skip
 
     def record(self, rec: ProvenanceRecord) -> str:
         """Durably store `rec`; it is queryable once any process has ingested the spool."""
-        atomic_write_json(self.spool_dir / f"{rec.record_id}.json", asdict(rec))
+        spooled = atomic_write_json(self.spool_dir / f"{rec.record_id}.json", asdict(rec))
+        self.remote.put(spooled)  # before ingestion removes the local file: other hosts must see it
         # if another process holds the lock, it or the next reader ingests our file
         with contextlib.suppress(TimeoutError):
             self.ingest(timeout_s=min(5.0, self.lock_timeout_s))
         return rec.record_id
 
     def ingest(self, timeout_s: float | None = None) -> int:
-        """Move spooled records into DuckDB; returns how many files were ingested."""
+        """Move spooled records (this host's, and the shared log's) into DuckDB; returns how many were ingested."""
         pending = sorted(self.spool_dir.glob("*.json")) if self.spool_dir.exists() else []
-        if not pending:
+        logged = self._remote_record_keys()
+        if not pending and not logged:
             return 0
-        recs = []
+        recs: list[tuple[Path | None, ProvenanceRecord]] = []
         for path in pending:
             try:
                 recs.append((path, ProvenanceRecord(**_artifacts(json.loads(path.read_text())))))
             except FileNotFoundError:
                 continue  # ingested and removed by a concurrent process
         with self._connect(timeout_s=timeout_s) as con:
+            if logged:
+                known = {row[0] for row in con.execute("SELECT record_id FROM records").fetchall()}
+                known |= {rec.record_id for _, rec in recs}
+                missing = [sub for record_id, sub in logged.items() if record_id not in known]
+                for raw in self.remote.read(self.spool_dir, missing):
+                    recs.append((None, ProvenanceRecord(**_artifacts(json.loads(raw)))))
+            if not recs:
+                return 0
             con.execute("BEGIN TRANSACTION")
             for _, rec in recs:
                 con.execute(
@@ -169,8 +196,13 @@ class ProvenanceStore:
                         )
             con.execute("COMMIT")
         for path, _ in recs:
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
         return len(recs)
+
+    def _remote_record_keys(self) -> dict[str, str]:
+        """record_id -> file name of every record in the shared log (empty without a store)."""
+        return {PurePosixPath(sub).stem: sub for sub in self.remote.list_files(self.spool_dir) if sub.endswith(".json")}
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Run a read query after ingesting the spool; rows come back as dicts."""

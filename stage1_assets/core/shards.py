@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,11 +72,14 @@ def run_shard(
     seed: int,
     params: GenerationParams,
     exclude: Sequence[str] = (),
+    on_change: Callable[[Path], object] = lambda path: None,
 ) -> ShardResult:
     """Generate (or finish generating) shard `key` with exactly `count` pairs.
 
     The shard's spec (count, seed, parameters, model, prompts) is kept in `spec.json`: the same
     spec resumes or reuses what is on disk; a different spec starts the shard afresh.
+    `on_change(path)` is called after each file or folder is written or removed, so an artifact
+    store can mirror the checkpoints and another host can resume from them.
     """
     pairs_path = shard_dir / "pairs.jsonl"
     spec = {"key": key, "count": count, "seed": seed, "generation": params.as_dict(),
@@ -85,10 +88,12 @@ def run_shard(
     if spec_path.exists() and json.loads(spec_path.read_text()) != json.loads(json.dumps(spec)):
         log.warning("%s: parameters changed since the last attempt; restarting the shard", key)
         shutil.rmtree(shard_dir)
+        on_change(shard_dir)
     if pairs_path.exists() and spec_path.exists():
         rows = read_rows(pairs_path)
         return ShardResult(rows, pairs_path, sha256_file(pairs_path), 0, 0, True, reused=True)
     atomic_write_json(spec_path, spec)
+    on_change(spec_path)
     generator = Generator(lm.model, lm.tokenizer)
     instructions_path = shard_dir / "instructions.json"
     reused = instructions_path.exists()
@@ -105,6 +110,7 @@ def run_shard(
             exclude,
         )
         atomic_write_json(instructions_path, {"instructions": instructions, "removed": removed, "seed": seed})
+        on_change(instructions_path)
     if len(instructions) != count:
         raise RuntimeError(
             f"{instructions_path} holds {len(instructions)} instructions but the shard needs {count}; "
@@ -125,6 +131,7 @@ def run_shard(
         for row in batch_rows:
             row["shard"] = key
         atomic_write_jsonl(batch_path, batch_rows)
+        on_change(batch_path)
         rows += batch_rows
         generated += 1
         log.info("%s: batch %d done (%d/%d pairs)", key, b, len(rows), count)
@@ -136,5 +143,8 @@ def run_shard(
 
     with atomic_path(shard_dir / "pairs.parquet") as tmp:
         pl.DataFrame(rows).write_parquet(tmp)
+    on_change(shard_dir / "pairs.parquet")
+    on_change(pairs_path)  # after the parquet: pairs.jsonl marks a finished shard
     shutil.rmtree(batch_dir, ignore_errors=True)
+    on_change(batch_dir)
     return ShardResult(rows, pairs_path, sha256_file(pairs_path), resumed, generated, reused)

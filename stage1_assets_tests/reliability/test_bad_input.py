@@ -11,6 +11,7 @@ import json
 import dagster as dg
 import pytest
 
+from stage1_assets.core.provenance import ProvenanceStore
 from stage1_assets.definitions import defs
 from stage1_assets.resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
@@ -129,6 +130,11 @@ def test_instruction_tuned_override_needs_a_reason_and_records_it(tmp_path, embe
     assert manifest["guard"]["refused"] and manifest["guard"]["override_reason"] == "ablation study"
     [event] = ok.get_asset_materialization_events()
     assert "guard overridden: ablation study" in event.materialization.metadata["guard"].value
+    [record] = ProvenanceStore(tmp_path / "data/provenance.duckdb").query(
+        "SELECT params_json FROM records WHERE asset_key = 'base_model'"
+    )
+    guard = json.loads(record["params_json"])["guard"]
+    assert guard["refused"] and guard["override_reason"] == "ablation study"
 
 
 @pytest.mark.parametrize(
