@@ -35,14 +35,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_model(tokenizer_dir: str, arch: str, device: str):
+def build_model(tokenizer_dir: str, arch: str, device: str, dtype: torch.dtype | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(tokenizer_dir)
     if arch == "1b":
         config.update(GEMMA3_1B)
         config.layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(26)]
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -1,9 +1,21 @@
+import random
+
 import pytest
 import torch
 
 from stage1_assets.core import prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
-from stage1_assets.core.critic import Critic, discrimination, shuffled_control
+from stage1_assets.core.critic import (
+    COMPILE_MIN_PAIRS,
+    PACK_BLOCK,
+    PACKED_ATTENTION,
+    Critic,
+    discrimination,
+    pack_rows,
+    pack_tokens,
+    packed_block_mask,
+    shuffled_control,
+)
 from stage1_assets.core.generation import Generator
 from stage1_assets.core.pairs import GenerationParams, generate_instructions, respond_and_score
 
@@ -59,3 +71,100 @@ def test_critic_discriminates_real_from_shuffled_on_the_embedded_model(real_mode
     assert disc.shuffled_acceptance <= disc.real_acceptance / 2
     assert disc.rank_agreement >= 0.8
     assert disc.real_mean_score > disc.shuffled_mean_score + 0.5
+
+
+# --- packed scoring (core/critic.py: packed_block_mask, pack_rows) --------------------------------
+
+LONG_PAIRS = [("Name a fruit.", "An apple."), ("What is 2 + 2?", "It is 4, because two and two make four."),
+              ("Say hi.", "Hi!"), ("Explain rain.", "Water vapour condenses into droplets that fall. " * 4),
+              ("List two colours.", "Red and blue.")]  # fmt: skip
+
+
+@pytest.fixture
+def narrow_window(tiny_model):
+    """The tiny model with a 24-token sliding window, so rows and the prefix cross its edge."""
+    attention = [layer.self_attn for layer in tiny_model.model.model.layers if layer.self_attn.sliding_window]
+    previous = tiny_model.model.config.sliding_window
+    for window in (24, previous):
+        tiny_model.model.config.sliding_window = window
+        for module in attention:
+            module.sliding_window = window
+        if window != previous:
+            yield tiny_model
+
+
+@pytest.mark.parametrize("window", ["model's own (512)", "narrow (24)"])
+def test_packed_scores_equal_padded_scores(tiny_model, request, window):
+    lm = request.getfixturevalue("narrow_window") if window.startswith("narrow") else tiny_model
+    padded = Critic(lm.model, lm.tokenizer, SHOTS, packed=False).score(LONG_PAIRS, 0.0, batch_size=2)
+    critic = Critic(lm.model, lm.tokenizer, SHOTS, packed=True)
+    packed = critic.score(LONG_PAIRS, 0.0, batch_size=2)
+    for a, b in zip(padded, packed, strict=True):
+        assert b.cond_logprob == pytest.approx(a.cond_logprob, abs=1e-4)
+        assert b.uncond_logprob == pytest.approx(a.uncond_logprob, abs=1e-4)
+    assert lm.model.config._attn_implementation != PACKED_ATTENTION  # the model is handed back as it was
+    assert not any(hasattr(layer.self_attn, "stage1_prefix") for layer in lm.model.model.layers)
+
+
+def test_packed_scores_equal_the_naive_computation(tiny_model):
+    scores = Critic(tiny_model.model, tiny_model.tokenizer, SHOTS, packed=True).score(LONG_PAIRS[:3], 0.0, 1)
+    for (instruction, response), score in zip(LONG_PAIRS[:3], scores, strict=True):
+        assert score.score == pytest.approx(naive_pmi(tiny_model, instruction, response), abs=1e-4)
+
+
+def test_calls_stay_padded_on_cpu_and_below_the_compile_threshold(tiny_model):
+    critic = Critic(tiny_model.model, tiny_model.tokenizer, SHOTS)
+    assert critic.supports_packing and not critic.packs(COMPILE_MIN_PAIRS * 10)  # CPU: never compiled
+    assert Critic(tiny_model.model, tiny_model.tokenizer, SHOTS, packed=True).packs(1)
+
+
+def test_packing_is_refused_for_an_architecture_without_layer_type_masks(tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model.model.config, "model_type", "llama")
+    with pytest.raises(ValueError, match="packed scoring supports"):
+        Critic(tiny_model.model, tiny_model.tokenizer, SHOTS, packed=True)
+
+
+def test_pack_rows_places_every_row_once_within_the_budget():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 90) for _ in range(500)]
+    order = sorted(range(500), key=lambda k: -lengths[k])
+    tokens = pack_tokens(lengths, rows_per_batch=64)
+    assert tokens & (tokens - 1) == 0 and tokens >= 64 * sum(lengths) / len(lengths)
+    packs = pack_rows(lengths, order, tokens)
+    assert sorted(k for p in packs for k in p) == list(range(500))
+    assert all(sum(lengths[k] for k in p) <= tokens for p in packs)
+    assert sum(tokens - sum(lengths[k] for k in p) for p in packs[:-1]) < 90 * len(packs)  # full, bar one row
+
+
+@pytest.mark.parametrize("window", [None, 40, 300])
+def test_block_mask_tiles_agree_with_the_element_mask(window):
+    """Tiles marked full must be visible everywhere and skipped tiles nowhere: the compiled kernel trusts
+    both without evaluating the mask (the CPU reference applies the mask everywhere, so scores alone
+    would not catch a wrong tile)."""
+    rng = random.Random(1)
+    prefix_len, tokens = 300, 1024
+    lengths = []
+    while sum(lengths) < tokens - 100:
+        lengths.append(rng.randint(5, 100))
+    lengths.append(tokens - sum(lengths))  # the filler pseudo-row
+    row_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    starts = torch.cumsum(torch.tensor(lengths), 0) - torch.tensor(lengths)
+    row_start = starts[row_of]
+    offsets = torch.arange(tokens) - row_start
+    mask = packed_block_mask(row_of, offsets, row_start, prefix_len, window, torch.device("cpu"))
+    q, kv = torch.meshgrid(torch.arange(tokens), torch.arange(prefix_len + tokens), indexing="ij")
+    dense = mask.mask_mod(0, 0, q, kv)
+    dense = torch.nn.functional.pad(dense, (0, -(prefix_len + tokens) % PACK_BLOCK))
+    tiles = dense.view(tokens // PACK_BLOCK, PACK_BLOCK, -1, PACK_BLOCK)
+    any_visible, all_visible = tiles.any(dim=(1, 3)), tiles.all(dim=(1, 3))
+    listed = torch.zeros_like(any_visible)
+    full = torch.zeros_like(any_visible)
+    for i in range(tokens // PACK_BLOCK):
+        listed[i, mask.kv_indices[0, 0, i, : mask.kv_num_blocks[0, 0, i]].long()] = True
+        full[i, mask.full_kv_indices[0, 0, i, : mask.full_kv_num_blocks[0, 0, i]].long()] = True
+    assert not (listed & full).any()
+    assert bool(all_visible[full].all())
+    assert not (any_visible & ~(listed | full)).any()  # every tile holding a visible key is visited
+    # and the marking saves work: prefix tiles in full view skip the mask, far ones are not visited
+    assert bool(full.any()) == (window is None or window > 2 * PACK_BLOCK)
+    assert bool((~(listed | full))[:, : prefix_len // PACK_BLOCK].any()) == (window == 40)

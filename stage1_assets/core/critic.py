@@ -18,16 +18,30 @@ applied to response positions only (the 262k-token vocabulary dominates the cost
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cache
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
+from transformers import AttentionInterface
 
 from . import prompts
 from .generation import _cache_kwarg
 
 LOGIT_CHUNK = 1024  # response positions projected onto the vocabulary at once: 1024 x 262k fp32 logits = 1 GiB
+PACK_BLOCK = 128  # flex attention's tile; a packed batch is a whole number of tiles
+PACKED_ATTENTION = "stage1_packed_prefix"
+# Below this many pairs a call stays padded. Measured on an H100 (BENCHMARKS.md, critic): packed and
+# compiled, 1,500 pairs take 3.3 s (padded: 1.8 s) and 16,384 take 8.4 s (padded: 17.3 s), after a
+# compilation of ~5 s with a warm compile cache and ~20 s cold; the two meet near 12,000 pairs.
+COMPILE_MIN_PAIRS = 12_000
+# architectures whose decoder takes one prepared mask per layer type (full / sliding window)
+PACKED_MODEL_TYPES = frozenset({"gemma3_text"})
 
 
 @dataclass
@@ -42,27 +56,62 @@ class CriticScore:
         return asdict(self)
 
 
+@dataclass
+class _Batch:
+    """One forward pass: decoder inputs, and the state that predicts each response token."""
+
+    rows: torch.Tensor  # indices into the call's rows
+    ids: torch.Tensor
+    positions: torch.Tensor
+    attention: Any  # padding mask (padded) or one flex BlockMask per layer type (packed)
+    cache: Any
+    predicting: tuple[torch.Tensor, torch.Tensor]  # (batch row, position) of each state that predicts a response token
+    targets: torch.Tensor  # the response token each of those states predicts
+    row_of: torch.Tensor  # which of `rows` each response token belongs to
+
+
 class Critic:
-    def __init__(self, model: Any, tokenizer: Any, shots: tuple[prompts.Exemplar, ...]) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, shots: tuple[prompts.Exemplar, ...], packed: bool | None = None
+    ) -> None:
+        """`packed` picks how rows are batched. False: padded rows, each with its own copy of the
+        shots' KV cache. True: rows packed end to end against one shared copy, with flex attention,
+        and on CUDA each decoder layer compiled. None (the default) packs on CUDA for calls of at
+        least `COMPILE_MIN_PAIRS` pairs, where the faster scoring repays the compilation."""
         self.model, self.tokenizer = model, tokenizer
+        self.decoder = model.get_decoder()
         self.device = model.device
         self.cache_kwarg = _cache_kwarg(model)
         self.prefix_ids = tokenizer(prompts.shots_document(shots), add_special_tokens=True)["input_ids"]
+        self.supports_packing = model.config.model_type in PACKED_MODEL_TYPES
+        if packed and not self.supports_packing:
+            raise ValueError(f"packed scoring supports {sorted(PACKED_MODEL_TYPES)}, not {model.config.model_type!r}")
+        self.packed = packed
         self._prefix_cache: Any = None
+        self._compiled: tuple[list[Any], Any] | None = None
+
+    def packs(self, pairs: int) -> bool:
+        """Whether a call scoring `pairs` pairs runs packed."""
+        if self.packed is not None:
+            return self.packed
+        return self.supports_packing and self.device.type == "cuda" and pairs >= COMPILE_MIN_PAIRS
 
     @torch.inference_mode()
     def _prefix(self) -> Any:
+        """KV cache of the shots document, every position on every layer: the masks of both paths
+        apply the sliding window, so one cache serves both."""
         if self._prefix_cache is None:
             from transformers import DynamicCache
 
-            cache = DynamicCache(config=self.model.config)
+            cache = DynamicCache()
             ids = torch.tensor([self.prefix_ids], device=self.device)
             self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: cache})
             self._prefix_cache = cache
         return self._prefix_cache
 
     def score(self, pairs: Sequence[tuple[str, str]], threshold: float, batch_size: int = 16) -> list[CriticScore]:
-        """Score `pairs`; `batch_size` pairs make 2 x `batch_size` rows (conditional + unconditional) a batch."""
+        """Score `pairs`. A batch holds 2 x `batch_size` rows (conditional + unconditional); packed, it
+        holds as many tokens as that many rows of mean length, rounded up to a power of two."""
         if not pairs:
             return []
         cues = self._encode([prompts.RESPONSE_CUE.format(instruction=i.strip()) for i, _ in pairs])
@@ -72,10 +121,13 @@ class Critic:
         # keeps each batch's padding small (an unconditional row is shorter than its twin by the instruction)
         rows = [(c, r) for c, r in zip(cues, responses, strict=True)] + [(unconditional_cue, r) for r in responses]
         order = sorted(range(len(rows)), key=lambda k: -(len(rows[k][0]) + len(rows[k][1])))
+        packed = self.packs(len(pairs))
+        batches = self._packed_batches if packed else self._padded_batches
         sums = torch.empty(len(rows), device=self.device)
-        for start in range(0, len(order), 2 * batch_size):
-            idx = order[start : start + 2 * batch_size]
-            sums[torch.tensor(idx, device=self.device)] = self._response_logprob_sums([rows[k] for k in idx])
+        self._prefix()  # run with the model's own attention, before scoring switches it
+        with self._packed_attention(packed):
+            for batch in batches(rows, order, 2 * batch_size):
+                sums[batch.rows] = self._response_logprob_sums(batch, packed)
         per_row = sums.tolist()  # the only device-to-host sync: batches queue up back to back
         n = len(pairs)
         results = []
@@ -88,44 +140,260 @@ class Critic:
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    @torch.inference_mode()
-    def _response_logprob_sums(self, rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-        """Sum of log p(response tokens) after prefix + cue, for each (cue, response) row (on the device)."""
-        batch = len(rows)
-        width = max(len(c) + len(r) for c, r in rows)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([c + r + [pad] * (width - len(c) - len(r)) for c, r in rows])
-        lengths = torch.tensor([[len(c), len(c) + len(r)] for c, r in rows])
-        position = torch.arange(width)
-        suffix_mask = position < lengths[:, 1:]
-        response_mask = (position >= lengths[:, :1]) & suffix_mask
-        # the token at suffix position p is predicted by the hidden state at p - 1; the first cue
-        # token is never a response token, so every response token has a predicting position.
-        # Indices are computed here on the host: a boolean mask on the device would force a sync.
-        row_of, predicted_at = response_mask[:, 1:].nonzero(as_tuple=True)
-        targets = ids[row_of, predicted_at + 1].to(self.device)
-        row_of, predicted_at = row_of.to(self.device), predicted_at.to(self.device)
-        cache = copy.deepcopy(self._prefix())
-        cache.batch_repeat_interleave(batch)
+    def _padded_batches(self, rows: list[Row], order: list[int], rows_per_batch: int) -> Iterator[_Batch]:
         prefix_len = len(self.prefix_ids)
-        attention = torch.cat([torch.ones((batch, prefix_len), dtype=torch.long), suffix_mask.long()], dim=1)
-        positions = prefix_len + position.unsqueeze(0).expand(batch, -1)
-        hidden = self.model.get_decoder()(
-            input_ids=ids.to(self.device), attention_mask=attention.to(self.device),
-            position_ids=positions.to(self.device), use_cache=True, **{self.cache_kwarg: cache},
+        pad = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(order), rows_per_batch):
+            idx = order[start : start + rows_per_batch]
+            batch = [rows[k] for k in idx]
+            width = max(len(c) + len(r) for c, r in batch)
+            ids = torch.tensor([c + r + [pad] * (width - len(c) - len(r)) for c, r in batch])
+            lengths = torch.tensor([[len(c), len(c) + len(r)] for c, r in batch])
+            position = torch.arange(width)
+            suffix_mask = position < lengths[:, 1:]
+            response_mask = (position >= lengths[:, :1]) & suffix_mask
+            # the token at suffix position p is predicted by the hidden state at p - 1; the first cue
+            # token is never a response token, so every response token has a predicting position.
+            # Indices are computed here on the host: a boolean mask on the device would force a sync.
+            row_of, predicted_at = response_mask[:, 1:].nonzero(as_tuple=True)
+            cache = copy.deepcopy(self._prefix())
+            cache.batch_repeat_interleave(len(batch))
+            attention = torch.cat([torch.ones((len(batch), prefix_len), dtype=torch.long), suffix_mask.long()], dim=1)
+            yield self._on_device(
+                _Batch(
+                    rows=torch.tensor(idx),
+                    ids=ids,
+                    positions=prefix_len + position.expand(len(batch), -1),
+                    attention=attention,
+                    cache=cache,
+                    predicting=(row_of, predicted_at),
+                    targets=ids[row_of, predicted_at + 1],
+                    row_of=row_of,
+                )  # fmt: skip
+            )
+
+    def _packed_batches(self, rows: list[Row], order: list[int], rows_per_batch: int) -> list[_Batch]:
+        """Rows laid end to end in one sequence of a fixed number of tokens; each row sees the shared
+        prefix and its own earlier tokens, as it would alone (positions restart after the prefix).
+        All batches go to the device before any runs: a copy from pageable memory waits for the GPU."""
+        lengths = np.array([len(c) + len(r) for c, r in rows])
+        cue_lengths = np.array([len(c) for c, _ in rows])
+        tokens = pack_tokens(lengths.tolist(), rows_per_batch)
+        prefix_len = len(self.prefix_ids)
+        pad = self.tokenizer.pad_token_id or 0
+        batches = []
+        for idx in pack_rows(lengths.tolist(), order, tokens):
+            # the filler after the last row is one more pseudo-row: it sees only the prefix and itself
+            row_len = np.append(lengths[idx], tokens - lengths[idx].sum())
+            starts = np.cumsum(row_len) - row_len
+            row_start = np.repeat(starts, row_len)
+            offsets = np.arange(tokens) - row_start
+            row_of_token = np.repeat(np.arange(len(row_len)), row_len)
+            ids = np.full(tokens, pad, dtype=np.int64)
+            ids[: starts[-1]] = np.fromiter(chain.from_iterable(c + r for c, r in (rows[k] for k in idx)), np.int64)
+            response_len = lengths[idx] - cue_lengths[idx]
+            # the token at packed position p is predicted by the state at p - 1
+            first_predicting = starts[:-1] + cue_lengths[idx] - 1
+            within = np.arange(response_len.sum()) - np.repeat(np.cumsum(response_len) - response_len, response_len)
+            predicting = np.repeat(first_predicting, response_len) + within
+            layout = [torch.from_numpy(a) for a in (row_of_token, offsets, row_start)]
+            masks = {
+                layer_type: packed_block_mask(*layout, prefix_len, self._window(layer_type), self.device)
+                for layer_type in set(self.model.config.layer_types)
+            }
+            batch = _Batch(
+                rows=torch.tensor(idx), ids=torch.from_numpy(ids)[None], attention=masks, cache=None,
+                positions=torch.from_numpy(prefix_len + offsets)[None],
+                predicting=(torch.zeros(len(predicting), dtype=torch.long), torch.from_numpy(predicting)),
+                targets=torch.from_numpy(ids[predicting + 1]),
+                row_of=torch.from_numpy(np.repeat(np.arange(len(idx)), response_len)),
+            )  # fmt: skip
+            batches.append(self._on_device(batch))
+        return batches
+
+    def _window(self, layer_type: str) -> int | None:
+        return self.model.config.sliding_window if layer_type == "sliding_attention" else None
+
+    def _on_device(self, batch: _Batch) -> _Batch:
+        def move(t: Any) -> Any:
+            return t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+
+        return _Batch(
+            rows=move(batch.rows), ids=move(batch.ids), positions=move(batch.positions),
+            attention=move(batch.attention), cache=batch.cache, predicting=tuple(map(move, batch.predicting)),
+            targets=move(batch.targets), row_of=move(batch.row_of),
+        )  # fmt: skip
+
+    @contextmanager
+    def _packed_attention(self, packed: bool) -> Iterator[None]:
+        """For this call only: the model's attention goes to flex attention over the packed masks, each
+        layer's attention holding its share of the prefix cache (looked up by layer index, it would make
+        every layer a different program for torch.compile), and on CUDA the compiled layers stand in."""
+        if not packed:
+            yield
+            return
+        previous = self.model.config._attn_implementation
+        layers = list(self.decoder.layers)
+        for layer, cached in zip(layers, self._prefix().layers, strict=True):
+            layer.self_attn.stage1_prefix = (cached.keys, cached.values)
+        self.model.set_attn_implementation(PACKED_ATTENTION)
+        if self.device.type == "cuda":
+            for k, compiled in enumerate(self._compiled_layers()):
+                self.decoder.layers[k] = compiled
+        try:
+            yield
+        finally:
+            for k, layer in enumerate(layers):
+                self.decoder.layers[k] = layer
+                del layer.self_attn.stage1_prefix
+            self.model.set_attn_implementation(previous)
+
+    def _compiled_layers(self) -> list[Any]:
+        """Each decoder layer compiled (fusing the fp32 RMSNorms, GELU and rotary embedding between the
+        matmuls): torch.compile shares one program among the layers of a kind, sliding or full."""
+        if self._compiled is None:
+            self._compiled = (
+                [torch.compile(layer, dynamic=False) for layer in self.decoder.layers],
+                torch.compile(self._token_logprobs),
+            )
+        return self._compiled[0]
+
+    @torch.inference_mode()
+    def _response_logprob_sums(self, batch: _Batch, packed: bool) -> torch.Tensor:
+        """Sum of log p(response tokens) after prefix + cue, for each row of `batch` (on the device)."""
+        hidden = self.decoder(
+            input_ids=batch.ids, attention_mask=batch.attention, position_ids=batch.positions,
+            use_cache=batch.cache is not None, **{self.cache_kwarg: batch.cache},
         ).last_hidden_state  # fmt: skip
-        selected = hidden[row_of, predicted_at]
-        logprobs = torch.empty(len(targets), device=self.device)
-        for s in range(0, len(targets), LOGIT_CHUNK):
-            logits = self._logits(selected[s : s + LOGIT_CHUNK]).float()
-            target_logits = logits.gather(1, targets[s : s + LOGIT_CHUNK, None])[:, 0]
-            logprobs[s : s + LOGIT_CHUNK] = target_logits - torch.logsumexp(logits, dim=-1)
-        return torch.zeros(batch, device=self.device).index_add_(0, row_of, logprobs)
+        selected = hidden[batch.predicting]
+        token_logprobs = self._compiled[1] if packed and self._compiled else self._token_logprobs
+        logprobs = torch.cat([
+            token_logprobs(selected[s : s + LOGIT_CHUNK], batch.targets[s : s + LOGIT_CHUNK])
+            for s in range(0, len(batch.targets), LOGIT_CHUNK)
+        ])  # fmt: skip
+        return torch.zeros(len(batch.rows), device=self.device).index_add_(0, batch.row_of, logprobs)
+
+    def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(hidden).float()
+        return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.model.get_output_embeddings()(hidden)
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
+
+
+Row = tuple[list[int], list[int]]  # (cue tokens, response tokens)
+
+
+def pack_tokens(lengths: Sequence[int], rows_per_batch: int) -> int:
+    """Tokens per packed batch: about `rows_per_batch` rows of mean length, at least the longest row,
+    rounded up to a power of two so that a few shapes (each a compiled attention kernel) serve every call."""
+    wanted = max(rows_per_batch * sum(lengths) / len(lengths), max(lengths), PACK_BLOCK)
+    return 1 << (math.ceil(wanted) - 1).bit_length()
+
+
+def pack_rows(lengths: Sequence[int], order: Sequence[int], tokens: int) -> list[list[int]]:
+    """Consecutive runs of `order` whose lengths fit in `tokens` each."""
+    packs: list[list[int]] = [[]]
+    used = 0
+    for k in order:
+        if used + lengths[k] > tokens:
+            packs.append([])
+            used = 0
+        packs[-1].append(k)
+        used += lengths[k]
+    return packs
+
+
+def packed_block_mask(
+    row_of: torch.Tensor,
+    offsets: torch.Tensor,
+    row_start: torch.Tensor,
+    prefix_len: int,
+    window: int | None,
+    device: torch.device,
+) -> Any:
+    """Flex-attention mask of a packed batch. Keys are the prefix (0..prefix_len-1) then the packed
+    tokens; a token sees the prefix and the earlier tokens of its own row, within `window` positions
+    on sliding-window layers. Tiles of keys that no query of a tile can see are skipped; prefix tiles
+    that every query of a tile sees are "full" (no mask evaluated); the rest are masked element-wise."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    tokens = len(row_of)
+    key_lo = torch.arange(0, prefix_len + tokens, PACK_BLOCK)  # first key of each key tile
+    key_hi = torch.clamp(key_lo + PACK_BLOCK, max=prefix_len + tokens)[None] - 1
+    key_lo = key_lo[None]
+    query_tiles = offsets.view(-1, PACK_BLOCK)
+    first_row_start = row_start[::PACK_BLOCK, None]  # own-row keys of a query tile begin at its first row's start
+    query_hi = torch.arange(PACK_BLOCK - 1, tokens, PACK_BLOCK)[:, None]
+    in_prefix = key_hi < prefix_len
+    seen = (key_lo < prefix_len) | ((key_hi >= prefix_len + first_row_start) & (key_lo <= prefix_len + query_hi))
+    full = in_prefix & seen
+    if window is not None:
+        # a query at offset o sits at position prefix_len + o; a prefix key k is in reach when the distance is < window
+        nearest_query = prefix_len + query_tiles.min(dim=1, keepdim=True).values
+        farthest_query = prefix_len + query_tiles.max(dim=1, keepdim=True).values
+        seen &= ~(in_prefix & (nearest_query - key_hi >= window))
+        full &= seen & (farthest_query - key_lo < window)
+    partial = seen & ~full
+    row_of, offsets = row_of.to(device), offsets.to(device)
+
+    def visible(batch: Any, head: Any, q: Any, kv: Any) -> Any:
+        packed = (kv - prefix_len).clamp(min=0)
+        in_prefix = kv < prefix_len
+        sees = in_prefix | ((row_of[packed] == row_of[q]) & (offsets[packed] <= offsets[q]))
+        if window is None:
+            return sees
+        key_position = torch.where(in_prefix, kv, prefix_len + offsets[packed])
+        return sees & (prefix_len + offsets[q] - key_position < window)
+
+    def ordered(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(count, key-tile indices, in order) of the True tiles of each query tile, as BlockMask takes them."""
+        counts = tiles.sum(dim=1, dtype=torch.int32)
+        indices = torch.argsort((~tiles).to(torch.int8), dim=1, stable=True).to(torch.int32)
+        return counts[None, None].to(device), indices[None, None].to(device)
+
+    return BlockMask.from_kv_blocks(
+        *ordered(partial), *ordered(full), BLOCK_SIZE=PACK_BLOCK, mask_mod=visible,
+        seq_lengths=(tokens, prefix_len + tokens),
+    )  # fmt: skip
+
+
+@cache
+def _flex_attention(device_type: str) -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # compiled, flex attention is one fused kernel that skips masked tiles; uncompiled (CPU) it is
+    # the reference implementation, which is what the tests compare against the padded path
+    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+
+
+def _packed_prefix_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    **_: Any,
+) -> tuple[torch.Tensor, None]:
+    """The attention function `Critic` routes the model to while it scores packed batches."""
+    prefix_keys, prefix_values = module.stage1_prefix
+    key, value = torch.cat([prefix_keys, key], dim=2), torch.cat([prefix_values, value], dim=2)
+
+    def capped(score: Any, batch: Any, head: Any, q: Any, kv: Any) -> Any:
+        return softcap * torch.tanh(score / softcap)
+
+    out = _flex_attention(query.device.type)(
+        query, key, value, score_mod=capped if softcap else None, block_mask=attention_mask, scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # fmt: skip
+    return out.transpose(1, 2), None
+
+
+AttentionInterface.register(PACKED_ATTENTION, _packed_prefix_attention)
 
 
 def shuffled_control(pairs: Sequence[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
