@@ -12,7 +12,6 @@ Usage (GPU box): python3 bench/bench_critic_variants.py --tokenizer-dir /tmp/tok
 import argparse
 import json
 import os
-import random
 from pathlib import Path
 
 import bench_gpu
@@ -20,13 +19,6 @@ import torch
 
 from stage1_assets.core import prompts
 from stage1_assets.core.critic import Critic
-
-
-def bench_pairs(n: int) -> list[tuple[str, str]]:
-    rng = random.Random(3)
-    pool = prompts.load_pool(prompts.TRAIN_POOL)
-    return [(rng.choice(pool).instruction, " ".join(rng.choice(pool).instruction for _ in range(rng.randint(1, 4))))
-            for _ in range(n)]  # fmt: skip
 
 
 def main() -> None:
@@ -45,7 +37,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = bench_gpu.build_model(args.tokenizer_dir, args.arch, args.device, dtype)
     shots = prompts.load_pool(prompts.QA_SHOTS)
-    data = bench_pairs(args.pairs)
+    data = bench_gpu.critic_pairs(args.pairs)
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
     result: dict = {"arch": f"gemma3-{args.arch} (random weights)", "gpu": gpu, "dtype": str(model.dtype),
                     "pairs": args.pairs, "batch_size": args.batch, "variants": {}}  # fmt: skip

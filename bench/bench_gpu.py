@@ -100,13 +100,17 @@ def bench_generation(model, tokenizer, device: str, rows: int, batch: int, seque
             "mean_cap_tokens": round(sum(caps) / rows, 1)}  # fmt: skip
 
 
-def bench_critic(model, tokenizer, device: str, pairs: int, batch: int) -> dict:
+def critic_pairs(n: int) -> list[tuple[str, str]]:
+    """Instructions with responses of 1-4 pool instructions: 35 tokens on average."""
     rng = random.Random(3)
     pool = prompts.load_pool(prompts.TRAIN_POOL)
-    shots = prompts.load_pool(prompts.QA_SHOTS)
-    data = [(rng.choice(pool).instruction, " ".join(rng.choice(pool).instruction for _ in range(rng.randint(1, 4))))
-            for _ in range(pairs)]  # fmt: skip
-    critic = Critic(model, tokenizer, shots)
+    return [(rng.choice(pool).instruction, " ".join(rng.choice(pool).instruction for _ in range(rng.randint(1, 4))))
+            for _ in range(n)]  # fmt: skip
+
+
+def bench_critic(model, tokenizer, device: str, pairs: int, batch: int) -> dict:
+    data = critic_pairs(pairs)
+    critic = Critic(model, tokenizer, prompts.load_pool(prompts.QA_SHOTS))
     critic.score(data[:8], 1.0, 8)  # warm-up (and the shared prefix cache)
     _, seconds = timed(device, lambda: critic.score(data, 1.0, batch))
     return {"pairs": pairs, "batch_size": batch, "seconds": round(seconds, 2), "pairs_per_s": round(pairs / seconds, 1)}
