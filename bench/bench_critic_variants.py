@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--variants", default="padded,packed")
     parser.add_argument("--profile", action="store_true", help="profile one more call of each variant into $OUT")
     args = parser.parse_args()
-    out_dir = Path(os.environ.get("OUT", "."))
+    out_dir = Path(os.environ.get("OUT", "/tmp"))
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = bench_gpu.build_model(args.tokenizer_dir, args.arch, args.device, dtype)
     shots = prompts.load_pool(prompts.QA_SHOTS)

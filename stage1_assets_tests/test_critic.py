@@ -1,8 +1,10 @@
 import random
 
+import numpy as np
 import pytest
 import torch
 
+from stage1_assets.core import critic as critic_module
 from stage1_assets.core import prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
 from stage1_assets.core.critic import (
@@ -11,6 +13,7 @@ from stage1_assets.core.critic import (
     PACKED_ATTENTION,
     Critic,
     discrimination,
+    pack_layout,
     pack_rows,
     pack_tokens,
     packed_block_mask,
@@ -127,13 +130,29 @@ def test_packing_is_refused_for_an_architecture_without_layer_type_masks(tiny_mo
 def test_pack_rows_places_every_row_once_within_the_budget():
     rng = random.Random(0)
     lengths = [rng.randint(3, 90) for _ in range(500)]
-    order = sorted(range(500), key=lambda k: -lengths[k])
+    rows = [(k, ([0] * 2, [0] * (length - 2))) for k, length in enumerate(lengths)]
     tokens = pack_tokens(lengths, rows_per_batch=64)
     assert tokens & (tokens - 1) == 0 and tokens >= 64 * sum(lengths) / len(lengths)
-    packs = pack_rows(lengths, order, tokens)
-    assert sorted(k for p in packs for k in p) == list(range(500))
-    assert all(sum(lengths[k] for k in p) <= tokens for p in packs)
-    assert sum(tokens - sum(lengths[k] for k in p) for p in packs[:-1]) < 90 * len(packs)  # full, bar one row
+    packs = list(pack_rows(rows, tokens))
+    assert sorted(k for _, run in packs for k, _ in run) == list(range(500))
+    assert all(size == tokens and sum(lengths[k] for k, _ in run) <= tokens for size, run in packs)
+    assert sum(tokens - sum(lengths[k] for k, _ in run) for _, run in packs[:-1]) < 90 * len(packs)  # full, bar one row
+
+
+def test_a_row_longer_than_the_budget_raises_it_for_the_rest():
+    rows = [(0, ([0], [0] * 99)), (1, ([0], [0] * 299)), (2, ([0], [0] * 99))]
+    assert [(size, [k for k, _ in run]) for size, run in pack_rows(rows, 128)] == [(128, [0]), (512, [1, 2])]
+
+
+def test_packed_scoring_takes_a_long_row_after_the_first_chunk(tiny_model, monkeypatch):
+    """The packed batch size comes from the first chunk of rows; a longer row later must still fit."""
+    monkeypatch.setattr(critic_module, "ENCODE_CHUNK", 2)
+    pairs = [*LONG_PAIRS[:2], ("Describe the sea.", "Waves roll onto the shore and back again. " * 20)]
+    padded = Critic(tiny_model.model, tiny_model.tokenizer, SHOTS, packed=False).score(pairs, 0.0, batch_size=1)
+    packed = Critic(tiny_model.model, tiny_model.tokenizer, SHOTS, packed=True).score(pairs, 0.0, batch_size=1)
+    assert packed[2].response_tokens > 128  # longer than the first chunk's batch (4 rows, ~20 tokens each)
+    for a, b in zip(padded, packed, strict=True):
+        assert b.score == pytest.approx(a.score, abs=1e-4)
 
 
 @pytest.mark.parametrize("window", [None, 40, 300])
@@ -144,14 +163,12 @@ def test_block_mask_tiles_agree_with_the_element_mask(window):
     rng = random.Random(1)
     prefix_len, tokens = 300, 1024
     lengths = []
-    while sum(lengths) < tokens - 100:
+    while sum(lengths) < tokens // 2:  # the rest is filler, as in the last batch of a call
         lengths.append(rng.randint(5, 100))
-    lengths.append(tokens - sum(lengths))  # the filler pseudo-row
-    row_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    starts = torch.cumsum(torch.tensor(lengths), 0) - torch.tensor(lengths)
-    row_start = starts[row_of]
-    offsets = torch.arange(tokens) - row_start
-    mask = packed_block_mask(row_of, offsets, row_start, prefix_len, window, torch.device("cpu"))
+    lengths = np.array(lengths)
+    layout = pack_layout(lengths, lengths // 3, tokens)
+    row_of, offsets, row_start = (torch.from_numpy(a) for a in (layout.row_of, layout.offsets, layout.row_start))
+    mask = packed_block_mask(row_of, offsets, row_start, prefix_len, window)
     q, kv = torch.meshgrid(torch.arange(tokens), torch.arange(prefix_len + tokens), indexing="ij")
     dense = mask.mask_mod(0, 0, q, kv)
     dense = torch.nn.functional.pad(dense, (0, -(prefix_len + tokens) % PACK_BLOCK))
@@ -168,3 +185,7 @@ def test_block_mask_tiles_agree_with_the_element_mask(window):
     # and the marking saves work: prefix tiles in full view skip the mask, far ones are not visited
     assert bool(full.any()) == (window is None or window > 2 * PACK_BLOCK)
     assert bool((~(listed | full))[:, : prefix_len // PACK_BLOCK].any()) == (window == 40)
+    # a tile of filler sees the prefix and itself (two key tiles, as the prefix shifts them), not earlier filler
+    prefix_tiles = -(-prefix_len // PACK_BLOCK)
+    filler = torch.arange(lengths.sum() // PACK_BLOCK + 1, tokens // PACK_BLOCK)
+    assert len(filler) >= 3 and bool(((listed | full)[filler].sum(dim=1) <= prefix_tiles + 2).all())

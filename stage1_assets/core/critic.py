@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cache
-from itertools import chain
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
@@ -34,12 +34,14 @@ from . import prompts
 from .generation import _cache_kwarg
 
 LOGIT_CHUNK = 1024  # response positions projected onto the vocabulary at once: 1024 x 262k fp32 logits = 1 GiB
+ENCODE_CHUNK = 2048  # pairs tokenized at once; packed, the GPU runs the batches before them meanwhile
 PACK_BLOCK = 128  # flex attention's tile; a packed batch is a whole number of tiles
 PACKED_ATTENTION = "stage1_packed_prefix"
 # Below this many pairs a call stays padded. Measured on an H100 (BENCHMARKS.md, critic): packed and
-# compiled, 1,500 pairs take 3.3 s (padded: 1.8 s) and 16,384 take 8.4 s (padded: 17.3 s), after a
-# compilation of ~5 s with a warm compile cache and ~20 s cold; the two meet near 12,000 pairs.
-COMPILE_MIN_PAIRS = 12_000
+# compiled, 1,500 pairs take 0.83 s (padded: 1.78 s) and 16,384 take 6.8 s (padded: 16.7 s), about
+# 0.6 ms less per pair, after a compilation of ~7 s with a warm compile cache (~25 s cold): the two
+# meet near 10,000 pairs with a warm cache.
+COMPILE_MIN_PAIRS = 10_000
 # architectures whose decoder takes one prepared mask per layer type (full / sliding window)
 PACKED_MODEL_TYPES = frozenset({"gemma3_text"})
 
@@ -114,33 +116,45 @@ class Critic:
         holds as many tokens as that many rows of mean length, rounded up to a power of two."""
         if not pairs:
             return []
-        cues = self._encode([prompts.RESPONSE_CUE.format(instruction=i.strip()) for i, _ in pairs])
-        responses = self._encode([" " + r.strip() for _, r in pairs])
-        unconditional_cue = self._encode([prompts.UNCONDITIONAL_CUE])[0]
-        # rows 0..n-1 are conditional, n..2n-1 unconditional; sorting all 2n rows by length together
-        # keeps each batch's padding small (an unconditional row is shorter than its twin by the instruction)
-        rows = [(c, r) for c, r in zip(cues, responses, strict=True)] + [(unconditional_cue, r) for r in responses]
-        order = sorted(range(len(rows)), key=lambda k: -(len(rows[k][0]) + len(rows[k][1])))
-        packed = self.packs(len(pairs))
+        n = len(pairs)
+        response_tokens = [0] * n
+
+        def rows() -> Iterator[tuple[int, Row]]:
+            """(row, (cue, response)), tokenized a chunk at a time: packed, the GPU runs the first batches
+            while later pairs are tokenized. Rows 0..n-1 are conditional, n..2n-1 unconditional."""
+            unconditional_cue = self._encode([prompts.UNCONDITIONAL_CUE])[0]
+            for start in range(0, n, ENCODE_CHUNK):
+                chunk = pairs[start : start + ENCODE_CHUNK]
+                cues = self._encode([prompts.RESPONSE_CUE.format(instruction=i.strip()) for i, _ in chunk])
+                responses = self._encode([" " + r.strip() for _, r in chunk])
+                for k, (cue, response) in enumerate(zip(cues, responses, strict=True), start):
+                    response_tokens[k] = len(response)
+                    yield k, (cue, response)
+                    yield n + k, (unconditional_cue, response)
+
+        packed = self.packs(n)
         batches = self._packed_batches if packed else self._padded_batches
-        sums = torch.empty(len(rows), device=self.device)
+        sums = torch.empty(2 * n, device=self.device)
         self._prefix()  # run with the model's own attention, before scoring switches it
         with self._packed_attention(packed):
-            for batch in batches(rows, order, 2 * batch_size):
+            for batch in batches(rows(), 2 * batch_size):
                 sums[batch.rows] = self._response_logprob_sums(batch, packed)
         per_row = sums.tolist()  # the only device-to-host sync: batches queue up back to back
-        n = len(pairs)
         results = []
-        for k, response in enumerate(responses):
-            tokens = max(len(response), 1)
-            cond, uncond = per_row[k] / tokens, per_row[n + k] / tokens
-            results.append(CriticScore(cond - uncond, cond, uncond, len(response), cond - uncond >= threshold))
+        for k, count in enumerate(response_tokens):
+            cond, uncond = per_row[k] / max(count, 1), per_row[n + k] / max(count, 1)
+            results.append(CriticScore(cond - uncond, cond, uncond, count, cond - uncond >= threshold))
         return results
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def _padded_batches(self, rows: list[Row], order: list[int], rows_per_batch: int) -> Iterator[_Batch]:
+    def _padded_batches(self, tokenized: Iterator[tuple[int, Row]], rows_per_batch: int) -> Iterator[_Batch]:
+        """Rows padded to the longest of their batch, each with its own copy of the prefix cache. All rows
+        are sorted by length together, which keeps each batch's padding small (an unconditional row is
+        shorter than its twin by the instruction)."""
+        rows = dict(tokenized)
+        order = sorted(rows, key=lambda k: -(len(rows[k][0]) + len(rows[k][1])))
         prefix_len = len(self.prefix_ids)
         pad = self.tokenizer.pad_token_id or 0
         for start in range(0, len(order), rows_per_batch):
@@ -172,44 +186,43 @@ class Critic:
                 )  # fmt: skip
             )
 
-    def _packed_batches(self, rows: list[Row], order: list[int], rows_per_batch: int) -> list[_Batch]:
+    def _packed_batches(self, rows: Iterator[tuple[int, Row]], rows_per_batch: int) -> Iterator[_Batch]:
         """Rows laid end to end in one sequence of a fixed number of tokens; each row sees the shared
         prefix and its own earlier tokens, as it would alone (positions restart after the prefix).
-        All batches go to the device before any runs: a copy from pageable memory waits for the GPU."""
-        lengths = np.array([len(c) + len(r) for c, r in rows])
-        cue_lengths = np.array([len(c) for c, _ in rows])
-        tokens = pack_tokens(lengths.tolist(), rows_per_batch)
+        A batch is laid out on the host while the previous one runs, and goes up in one copy. Its size
+        comes from the first chunk of rows (`pack_tokens`); rows need no sorting, packing leaves no padding."""
+        first = list(islice(rows, 2 * ENCODE_CHUNK))
+        budget = pack_tokens([len(c) + len(r) for _, (c, r) in first], rows_per_batch)
         prefix_len = len(self.prefix_ids)
         pad = self.tokenizer.pad_token_id or 0
-        batches = []
-        for idx in pack_rows(lengths.tolist(), order, tokens):
-            # the filler after the last row is one more pseudo-row: it sees only the prefix and itself
-            row_len = np.append(lengths[idx], tokens - lengths[idx].sum())
-            starts = np.cumsum(row_len) - row_len
-            row_start = np.repeat(starts, row_len)
-            offsets = np.arange(tokens) - row_start
-            row_of_token = np.repeat(np.arange(len(row_len)), row_len)
+        for tokens, pack in pack_rows(chain(first, rows), budget):
+            idx = [k for k, _ in pack]
+            lengths = np.array([len(c) + len(r) for _, (c, r) in pack])
+            cue_lengths = np.array([len(c) for _, (c, _) in pack])
+            layout = pack_layout(lengths, cue_lengths, tokens)
             ids = np.full(tokens, pad, dtype=np.int64)
-            ids[: starts[-1]] = np.fromiter(chain.from_iterable(c + r for c, r in (rows[k] for k in idx)), np.int64)
-            response_len = lengths[idx] - cue_lengths[idx]
-            # the token at packed position p is predicted by the state at p - 1
-            first_predicting = starts[:-1] + cue_lengths[idx] - 1
-            within = np.arange(response_len.sum()) - np.repeat(np.cumsum(response_len) - response_len, response_len)
-            predicting = np.repeat(first_predicting, response_len) + within
-            layout = [torch.from_numpy(a) for a in (row_of_token, offsets, row_start)]
+            ids[: lengths.sum()] = list(chain.from_iterable(c + r for _, (c, r) in pack))
+            on_device = self._upload(
+                ids, prefix_len + layout.offsets, layout.row_of, layout.offsets, layout.row_start,
+                layout.predicting, ids[layout.predicting + 1], layout.response_row, np.array(idx),
+            )  # fmt: skip
+            ids, positions, row_of, offsets, row_start, predicting, targets, response_row, idx = on_device
             masks = {
-                layer_type: packed_block_mask(*layout, prefix_len, self._window(layer_type), self.device)
+                layer_type: packed_block_mask(row_of, offsets, row_start, prefix_len, self._window(layer_type))
                 for layer_type in set(self.model.config.layer_types)
             }
-            batch = _Batch(
-                rows=torch.tensor(idx), ids=torch.from_numpy(ids)[None], attention=masks, cache=None,
-                positions=torch.from_numpy(prefix_len + offsets)[None],
-                predicting=(torch.zeros(len(predicting), dtype=torch.long), torch.from_numpy(predicting)),
-                targets=torch.from_numpy(ids[predicting + 1]),
-                row_of=torch.from_numpy(np.repeat(np.arange(len(idx)), response_len)),
+            yield _Batch(
+                rows=idx, ids=ids[None], positions=positions[None], attention=masks, cache=None,
+                predicting=(torch.zeros_like(predicting), predicting), targets=targets, row_of=response_row,
             )  # fmt: skip
-            batches.append(self._on_device(batch))
-        return batches
+
+    def _upload(self, *arrays: np.ndarray) -> list[torch.Tensor]:
+        """Integer arrays to the device in one copy. Pinned, the copy queues behind the batch that is
+        running; from pageable memory it would wait for it, and the GPU would idle between batches."""
+        host = torch.from_numpy(np.concatenate(arrays).astype(np.int64, copy=False))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return list(host.to(self.device, non_blocking=True).split([len(a) for a in arrays]))
 
     def _window(self, layer_type: str) -> int | None:
         return self.model.config.sliding_window if layer_type == "sliding_attention" else None
@@ -293,40 +306,73 @@ def pack_tokens(lengths: Sequence[int], rows_per_batch: int) -> int:
     return 1 << (math.ceil(wanted) - 1).bit_length()
 
 
-def pack_rows(lengths: Sequence[int], order: Sequence[int], tokens: int) -> list[list[int]]:
-    """Consecutive runs of `order` whose lengths fit in `tokens` each."""
-    packs: list[list[int]] = [[]]
+def pack_rows(rows: Iterable[tuple[int, Row]], tokens: int) -> Iterator[tuple[int, list[tuple[int, Row]]]]:
+    """Consecutive runs of `rows` that fit in `tokens` tokens each, as (tokens, run). A row longer than
+    `tokens` raises it (`pack_tokens`) for the rest of the call: one more compiled shape, once."""
+    run: list[tuple[int, Row]] = []
     used = 0
-    for k in order:
-        if used + lengths[k] > tokens:
-            packs.append([])
-            used = 0
-        packs[-1].append(k)
-        used += lengths[k]
-    return packs
+    for k, (cue, response) in rows:
+        length = len(cue) + len(response)
+        if used + length > tokens and run:
+            yield tokens, run
+            run, used = [], 0
+        tokens = max(tokens, pack_tokens([length], 1))
+        run.append((k, (cue, response)))
+        used += length
+    if run:
+        yield tokens, run
+
+
+@dataclass
+class PackedLayout:
+    """Where each token of a packed batch sits. The space after the last row is filler, each filler
+    token a row of its own. One long filler row would attend to itself causally, at a cost quadratic
+    in the unused space: with one, flex attention took 15 ms a layer on average in a 1,500-pair call
+    (three batches, the last half empty) against 1.6 ms in a 16,384-pair call."""
+
+    row_of: np.ndarray  # the row of each token
+    offsets: np.ndarray  # each token's position within its row
+    row_start: np.ndarray  # where each token's row begins
+    predicting: np.ndarray  # the tokens whose states predict a response token
+    response_row: np.ndarray  # the row of each of those
+
+
+def pack_layout(lengths: np.ndarray, cue_lengths: np.ndarray, tokens: int) -> PackedLayout:
+    """Layout of rows of `lengths` tokens (cue then response) packed into `tokens` tokens."""
+    used = int(lengths.sum())
+    row_len = np.concatenate([lengths, np.ones(tokens - used, dtype=lengths.dtype)])
+    starts = np.cumsum(row_len) - row_len
+    row_start = np.repeat(starts, row_len)
+    response_len = lengths - cue_lengths
+    # the token at packed position p is predicted by the state at p - 1
+    first_predicting = starts[: len(lengths)] + cue_lengths - 1
+    within = np.arange(response_len.sum()) - np.repeat(np.cumsum(response_len) - response_len, response_len)
+    return PackedLayout(
+        row_of=np.repeat(np.arange(len(row_len)), row_len),
+        offsets=np.arange(tokens) - row_start,
+        row_start=row_start,
+        predicting=np.repeat(first_predicting, response_len) + within,
+        response_row=np.repeat(np.arange(len(lengths)), response_len),
+    )
 
 
 def packed_block_mask(
-    row_of: torch.Tensor,
-    offsets: torch.Tensor,
-    row_start: torch.Tensor,
-    prefix_len: int,
-    window: int | None,
-    device: torch.device,
+    row_of: torch.Tensor, offsets: torch.Tensor, row_start: torch.Tensor, prefix_len: int, window: int | None
 ) -> Any:
-    """Flex-attention mask of a packed batch. Keys are the prefix (0..prefix_len-1) then the packed
-    tokens; a token sees the prefix and the earlier tokens of its own row, within `window` positions
-    on sliding-window layers. Tiles of keys that no query of a tile can see are skipped; prefix tiles
-    that every query of a tile sees are "full" (no mask evaluated); the rest are masked element-wise."""
+    """Flex-attention mask of a packed batch, built on the device its layout (`PackedLayout`) is on.
+    Keys are the prefix (0..prefix_len-1) then the packed tokens; a token sees the prefix and the
+    earlier tokens of its own row, within `window` positions on sliding-window layers. Tiles of keys
+    that no query of a tile can see are skipped; prefix tiles that every query of a tile sees are
+    "full" (no mask evaluated); the rest are masked element-wise."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    tokens = len(row_of)
-    key_lo = torch.arange(0, prefix_len + tokens, PACK_BLOCK)  # first key of each key tile
+    tokens, device = len(row_of), row_of.device
+    key_lo = torch.arange(0, prefix_len + tokens, PACK_BLOCK, device=device)  # first key of each key tile
     key_hi = torch.clamp(key_lo + PACK_BLOCK, max=prefix_len + tokens)[None] - 1
     key_lo = key_lo[None]
     query_tiles = offsets.view(-1, PACK_BLOCK)
     first_row_start = row_start[::PACK_BLOCK, None]  # own-row keys of a query tile begin at its first row's start
-    query_hi = torch.arange(PACK_BLOCK - 1, tokens, PACK_BLOCK)[:, None]
+    query_hi = torch.arange(PACK_BLOCK - 1, tokens, PACK_BLOCK, device=device)[:, None]
     in_prefix = key_hi < prefix_len
     seen = (key_lo < prefix_len) | ((key_hi >= prefix_len + first_row_start) & (key_lo <= prefix_len + query_hi))
     full = in_prefix & seen
@@ -337,7 +383,6 @@ def packed_block_mask(
         seen &= ~(in_prefix & (nearest_query - key_hi >= window))
         full &= seen & (farthest_query - key_lo < window)
     partial = seen & ~full
-    row_of, offsets = row_of.to(device), offsets.to(device)
 
     def visible(batch: Any, head: Any, q: Any, kv: Any) -> Any:
         packed = (kv - prefix_len).clamp(min=0)
@@ -352,7 +397,7 @@ def packed_block_mask(
         """(count, key-tile indices, in order) of the True tiles of each query tile, as BlockMask takes them."""
         counts = tiles.sum(dim=1, dtype=torch.int32)
         indices = torch.argsort((~tiles).to(torch.int8), dim=1, stable=True).to(torch.int32)
-        return counts[None, None].to(device), indices[None, None].to(device)
+        return counts[None, None], indices[None, None]
 
     return BlockMask.from_kv_blocks(
         *ordered(partial), *ordered(full), BLOCK_SIZE=PACK_BLOCK, mask_mod=visible,
