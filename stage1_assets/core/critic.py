@@ -316,7 +316,8 @@ def pack_rows(rows: Iterable[tuple[int, Row]], tokens: int) -> Iterator[tuple[in
         if used + length > tokens and run:
             yield tokens, run
             run, used = [], 0
-        tokens = max(tokens, pack_tokens([length], 1))
+        if length > tokens:
+            tokens = pack_tokens([length], 1)
         run.append((k, (cue, response)))
         used += length
     if run:
