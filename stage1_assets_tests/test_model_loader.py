@@ -23,8 +23,15 @@ def test_guard_refuses_instruction_tuned_names(tmp_path, tiny_model_dir, name):
 
 
 @pytest.mark.parametrize("name", ["gemma-3-270m", "Qwen2.5-0.5B", "digit-model", "pythia-160m", "iterate-7b"])
-def test_guard_accepts_base_names(name):
-    assert not (model_loader.name_tokens(name) & model_loader.INSTRUCTION_NAME_TOKENS)
+def test_guard_accepts_base_names(tmp_path, tiny_model_dir, name):
+    assert not model_loader.inspect_model(name).refused  # as a hub id
+    model_dir = tmp_path / name  # as a local directory with the tiny model's config (a Gemma 3 vocabulary)
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (model_dir / "generation_config.json").write_text((tiny_model_dir / "generation_config.json").read_text())
+    verdict = model_loader.inspect_model(model_dir)
+    assert not verdict.refused, verdict.reasons
+    model_loader.apply_guard(verdict, allow_instruction_tuned=False, override_reason=None)  # does not raise
 
 
 def test_guard_refuses_an_adapter_directory(tmp_path):

@@ -7,9 +7,12 @@ Sources, in order of resolution:
   * a local Hugging Face model directory;
   * a hub id, only when ``allow_hub`` is set (offline by default: these machines have no hub).
 
-The contamination guard refuses instruction-tuned models: the method must bootstrap from a
-*base* model, and an instruction-tuned generator or judge would leak another model's alignment
-into the data. It can be overridden only with a written reason, which goes into provenance.
+The contamination guard (`guard.py`) refuses instruction-tuned models: the method must bootstrap
+from a *base* model, and an instruction-tuned generator or judge would leak another model's
+alignment into the data. `load_model` hands it the full resolved path (every path component, so a
+Hugging Face cache snapshot is judged by its `models--org--name` repo id), the hub id when one was
+given and the embedded model's name and GGUF. It can be overridden only with a written reason,
+which goes into provenance.
 """
 
 from __future__ import annotations
@@ -18,13 +21,22 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# the guard lives in guard.py; these names stay importable from here for existing callers
+from .guard import INSTRUCTION_NAME_TOKENS as INSTRUCTION_NAME_TOKENS
+from .guard import TURN_END_TOKEN as TURN_END_TOKEN
+from .guard import GuardVerdict as GuardVerdict
+from .guard import ModelGuardError as ModelGuardError
+from .guard import apply_guard as apply_guard
+from .guard import inspect_adapter as inspect_adapter
+from .guard import inspect_model as inspect_model
+from .guard import inspect_model_dir as inspect_model_dir
+from .guard import name_tokens as name_tokens
 from .io import atomic_write_json, sha256_file, stable_hash
 
 log = logging.getLogger(__name__)
@@ -32,40 +44,12 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "gemma-3-270m"
 
-# Name tokens that mark a fine-tuned chat/instruction model. Matched as whole tokens of the
-# name split on "-", "_", ".", "/" so that e.g. "gemma-3-270m-it" is caught and "digit" is not.
-INSTRUCTION_NAME_TOKENS = frozenset(
-    {"it", "instruct", "instruction", "chat", "sft", "rlhf", "dpo", "orpo", "kto", "assistant", "tulu"}
-)
-# End-of-turn tokens in a generation config's eos list are the most reliable config signal: a
-# base model stops on end-of-text, an instruction-tuned one also stops at the end of its turn.
-TURN_END_TOKEN = re.compile(r"end_of_turn|im_end|eot_id|<\|eot\|>|<\|end\|>|end_turn", re.IGNORECASE)
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 
-class ModelGuardError(ValueError):
-    """The model is not a clean base model (or not a causal LM); the message says how to override."""
-
-
 class ModelSourceError(ValueError):
     """The model source cannot be resolved (missing path, no hub)."""
-
-
-@dataclass
-class GuardVerdict:
-    refused: bool
-    reasons: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    override_reason: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "refused": self.refused,
-            "reasons": self.reasons,
-            "notes": self.notes,
-            "override_reason": self.override_reason,
-        }
 
 
 @dataclass
@@ -98,64 +82,11 @@ class LoadedModel:
         return self.model.device
 
 
-def name_tokens(name: str) -> set[str]:
-    return {t for t in re.split(r"[-_./\s]+", name.lower()) if t}
-
-
-def inspect_model_dir(path: Path, name: str) -> GuardVerdict:
-    """Collect the signals that say a model is not a clean base model.
-
-    Refusing signals: an instruction/chat token in the name or in config `_name_or_path`; an
-    end-of-turn token among the generation config's eos tokens; a PEFT adapter directory.
-    Informational only: a chat template on the tokenizer (base tokenizers often ship one, e.g.
-    Qwen2.5 base), which is recorded but does not refuse.
-    """
-    reasons: list[str] = []
-    notes: list[str] = []
-    if (path / "adapter_config.json").exists():
-        reasons.append(
-            f"{path} is a PEFT/LoRA adapter (adapter_config.json); adapters are trained outputs and "
-            "may not generate or judge training data"
-        )
-    hits = sorted(name_tokens(name) & INSTRUCTION_NAME_TOKENS)
-    if hits:
-        reasons.append(f"model name {name!r} contains instruction-tuning marker(s) {hits}")
-    config = _read_json(path / "config.json")
-    config_name = str(config.get("_name_or_path") or config.get("_model_name_or_path") or "")
-    config_hits = sorted(name_tokens(config_name) & INSTRUCTION_NAME_TOKENS)
-    if config_hits:
-        reasons.append(f"config.json names {config_name!r}, with marker(s) {config_hits}")
-    eos_tokens = _eos_token_texts(path)
-    turn_ends = [t for t in eos_tokens if TURN_END_TOKEN.search(t)]
-    if turn_ends:
-        reasons.append(f"generation config stops on end-of-turn token(s) {turn_ends}: a chat model")
-    tok_cfg = _read_json(path / "tokenizer_config.json")
-    if tok_cfg.get("chat_template") or (path / "chat_template.jinja").exists():
-        notes.append("tokenizer carries a chat template (not decisive: many base tokenizers do)")
-    return GuardVerdict(refused=bool(reasons), reasons=reasons, notes=notes)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-
-
-def _eos_token_texts(path: Path) -> list[str]:
-    gen = _read_json(path / "generation_config.json")
-    eos = gen.get("eos_token_id")
-    ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
-    if not ids:
-        return []
-    vocab: dict[int, str] = {}
-    tok_cfg = _read_json(path / "tokenizer_config.json")
-    for idx, spec in (tok_cfg.get("added_tokens_decoder") or {}).items():
-        vocab[int(idx)] = spec.get("content", "")
-    tok_json = _read_json(path / "tokenizer.json")
-    for spec in tok_json.get("added_tokens", []):
-        vocab[int(spec["id"])] = spec.get("content", "")
-    return [vocab.get(int(i), str(i)) for i in ids]
 
 
 def fingerprint_dir(path: Path) -> str:
@@ -260,24 +191,16 @@ def resolve_source(source: str, models_dir: Path, allow_hub: bool) -> tuple[Path
         raise ModelSourceError(f"could not download {source!r} from the hub: {exc}") from exc
 
 
-def apply_guard(verdict: GuardVerdict, allow_instruction_tuned: bool, override_reason: str | None) -> None:
-    if not verdict.refused:
-        return
-    if allow_instruction_tuned:
-        if not (override_reason or "").strip():
-            raise ModelGuardError(
-                "allow_instruction_tuned=true needs a non-empty override_reason (it is recorded in provenance)"
-            )
-        verdict.override_reason = override_reason
-        verdict.notes.append("guard overridden: " + override_reason)
-        return
-    raise ModelGuardError(
-        "refusing a model that is not a clean base model (contamination guard): "
-        + "; ".join(verdict.reasons)
-        + ". Generating or judging with an instruction-tuned model leaks its alignment into the data. "
-        "If this is legitimate (e.g. a base model with a misleading name), set "
-        "allow_instruction_tuned=true and override_reason='...' on the base_model resource."
-    )
+def guard_source(source: str, path: Path) -> GuardVerdict:
+    """Run the contamination guard on a resolved source with everything known about its names."""
+    if source == EMBEDDED:
+        extra: list[Path] = []
+        with contextlib.suppress(ModelSourceError, OSError):
+            extra.append(embedded_gguf())  # the GGUF's own metadata (general.name, finetune, chat template)
+        return inspect_model(path, names=[EMBEDDED_NAME], extra_files=extra)
+    local = Path(source).expanduser()
+    hub_id = None if local.exists() or source.startswith((".", "/", "~")) else source
+    return inspect_model(path, hub_id=hub_id)
 
 
 def is_causal_lm(config: Any) -> bool:
@@ -318,7 +241,7 @@ def load_model(
 
     start = time.perf_counter()
     path, name, converted = resolve_source(source, Path(models_dir), allow_hub)
-    verdict = inspect_model_dir(path, name if source != EMBEDDED else EMBEDDED_NAME)
+    verdict = guard_source(source, path)
     apply_guard(verdict, allow_instruction_tuned, override_reason)
     try:
         config = AutoConfig.from_pretrained(path)

@@ -96,6 +96,9 @@ def bert_dir(path):
     return path
 
 
+HF_CACHE_SNAPSHOT = "hub/models--lmsys--vicuna-7b-v1.5/snapshots/" + "0123456789abcdef" * 2 + "01234567"
+
+
 @pytest.mark.parametrize(
     ("make_source", "expected"),
     [
@@ -106,8 +109,12 @@ def bert_dir(path):
             lambda tmp, emb: str(make_tiny_model_dir(tmp / "tiny-3-270m-it", emb)),
             ["contamination guard", "instruction-tuned", "set allow_instruction_tuned=true and override_reason="],
         ),
+        (  # a Hugging Face cache snapshot: the folder is a commit hash, the repo id is two levels up
+            lambda tmp, emb: str(make_tiny_model_dir(tmp / HF_CACHE_SNAPSHOT, emb)),
+            ["contamination guard", "'lmsys/vicuna-7b-v1.5'", "family 'vicuna'", "set allow_instruction_tuned=true"],
+        ),
     ],
-    ids=["missing-path", "offline-hub-id", "not-a-causal-lm", "instruction-tuned"],
+    ids=["missing-path", "offline-hub-id", "not-a-causal-lm", "instruction-tuned", "instruction-tuned-hf-cache"],
 )
 def test_bad_model_source_says_which_problem_and_how_to_override(tmp_path, embedded_dir, make_source, expected):
     result = materialize("base_model", resources(tmp_path, make_source(tmp_path, embedded_dir)))
