@@ -17,7 +17,7 @@ from pathlib import Path
 import bench_gpu
 import torch
 
-from stage1_assets.core import prompts
+from stage1_assets.core.config import CriticParams
 from stage1_assets.core.critic import Critic
 
 
@@ -36,17 +36,16 @@ def main() -> None:
     out_dir = Path(os.environ.get("OUT", "/tmp"))
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = bench_gpu.build_model(args.tokenizer_dir, args.arch, args.device, dtype)
-    shots = prompts.load_pool(prompts.QA_SHOTS)
     data = bench_gpu.critic_pairs(args.pairs)
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
     result: dict = {"arch": f"gemma3-{args.arch} (random weights)", "gpu": gpu, "dtype": str(model.dtype),
                     "pairs": args.pairs, "batch_size": args.batch, "variants": {}}  # fmt: skip
     reference = None
     for name in args.variants.split(","):
-        critic = Critic(model, tokenizer, shots, packed=name == "packed")
+        critic = Critic(model, tokenizer, CriticParams(batch_size=args.batch), packed=name == "packed")
 
         def score(critic=critic):
-            return critic.score(data, 1.0, args.batch)
+            return critic.score(data)
 
         _, first_s = bench_gpu.timed(args.device, score)
         runs = []

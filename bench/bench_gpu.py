@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from stage1_assets.core import prompts
-from stage1_assets.core.config import InstructionSampling, ResponseSampling
+from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
 from stage1_assets.core.critic import Critic
 from stage1_assets.core.generation import Generator
 from stage1_assets.core.training import TrainingParams, train_adapter
@@ -111,12 +111,12 @@ def critic_pairs(n: int) -> list[tuple[str, str]]:
 
 def bench_critic(model, tokenizer, device: str, pairs: int, batch: int) -> dict:
     """The path `Critic` picks for a call of `pairs` pairs (packed and compiled on CUDA from
-    COMPILE_MIN_PAIRS), timed on a second call: the first pays the compilation."""
+    COMPILE_MIN_ROWS rows, two per pair), timed on a second call: the first pays the compilation."""
     data = critic_pairs(pairs)
-    critic = Critic(model, tokenizer, prompts.load_pool(prompts.QA_SHOTS))
-    _, first_seconds = timed(device, lambda: critic.score(data, 1.0, batch))
-    _, seconds = timed(device, lambda: critic.score(data, 1.0, batch))
-    return {"pairs": pairs, "batch_size": batch, "path": "packed" if critic.packs(pairs) else "padded",
+    critic = Critic(model, tokenizer, CriticParams(batch_size=batch))
+    _, first_seconds = timed(device, lambda: critic.score(data))
+    _, seconds = timed(device, lambda: critic.score(data))
+    return {"pairs": pairs, "batch_size": batch, "path": "packed" if critic.scorer.packs(2 * pairs) else "padded",
             "first_call_seconds": round(first_seconds, 2), "seconds": round(seconds, 2),
             "pairs_per_s": round(pairs / seconds, 1)}  # fmt: skip
 
@@ -129,12 +129,12 @@ def bench_shard(model, tokenizer, device: str, pairs: int, batch: int, critic_ba
     n_instr = pairs + pairs // 4  # generate_instructions asks for 25% spares
     instr_prompts = [prompts.instruction_prompt(pool, rng) for _ in range(n_instr)]
     instructions, resp_prompts = response_prompts(pairs, seed=5)
-    critic = Critic(model, tokenizer, prompts.load_pool(prompts.QA_SHOTS))
+    critic = Critic(model, tokenizer, CriticParams(batch_size=critic_batch))
 
     def shard():
         gen.generate(instr_prompts, InstructionSampling(), batch, seed=0, length_caps=length_caps(n_instr, 6, 16, 48))
         out, _ = gen.generate(resp_prompts, ResponseSampling(), batch, seed=1, length_caps=length_caps(pairs, 7))
-        critic.score([(i, c.text) for i, c in zip(instructions, out, strict=True)], 1.0, critic_batch)
+        critic.score([(i, c.text) for i, c in zip(instructions, out, strict=True)])
 
     _, seconds = timed(device, shard)
     return {"pairs": pairs, "seconds": round(seconds, 1),

@@ -16,19 +16,19 @@ PROFILE = get_profile(os.environ.get("STAGE1_PROFILE", "local"))
 
 
 class InstructionSamplingConfig(dg.Config, InstructionSampling):
-    """Sampling for instruction generation (DESIGN.md: T=0.7, top_p=0.9, rep=1.1)."""
+    """Sampling for instruction generation (defaults T=0.7, top_p=0.9, rep=1.1; docs/METHOD.md)."""
 
 
 class ResponseSamplingConfig(dg.Config, ResponseSampling):
-    """Sampling for response generation (DESIGN.md: T=0.4, top_p=0.9, rep=1.1, 100 tokens)."""
+    """Sampling for response generation (defaults T=0.4, top_p=0.9, rep=1.1, 100 tokens; docs/METHOD.md)."""
 
 
 class CriticConfig(dg.Config, CriticParams):
-    """Log-probability critic; a pair is accepted when its score reaches the threshold."""
+    """The critic (core/critic.py): a pair is accepted when no rule rejects it and its score reaches the threshold."""
 
 
 class QCConfig(dg.Config, QCThresholds):
-    """The five blocking QC thresholds (DESIGN.md)."""
+    """The QC thresholds (docs/METHOD.md) and the critic checks' minimums."""
 
 
 class GenerationConfig(dg.Config):

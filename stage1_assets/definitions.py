@@ -12,6 +12,7 @@ from .assets.sft_dataset import sft_dataset
 from .assets.test_instructions import test_instructions
 from .resources import BaseModelResource, ProvenanceResource, Stage1Paths
 from .schedules import evaluation_job, missing_shards_schedule, scale_shards_job, training_job
+from .sensors import dead_run_sensor
 
 defs = dg.Definitions(
     assets=[
@@ -26,6 +27,7 @@ defs = dg.Definitions(
     ],
     jobs=[scale_shards_job, training_job, evaluation_job],
     schedules=[missing_shards_schedule],
+    sensors=[dead_run_sensor],
     resources={
         "model": BaseModelResource(),
         "paths": Stage1Paths(),

@@ -1,20 +1,27 @@
 """Configurable resources: where artifacts live, which base model, where provenance goes."""
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
-from .core import devices, model_loader
+from .core import devices, guard, model_loader
+from .core.artifacts import Staging, manifest_path, verify
+from .core.io import content_hash
 from .core.provenance import Artifact, ProvenanceRecord, ProvenanceStore, code_version
 from .core.storage import ArtifactStore, parse_storage_options
+from .runs import heartbeat
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = os.environ.get("STAGE1_DATA_DIR", str(REPO_ROOT / "data"))
 DEFAULT_MODELS_DIR = os.environ.get("STAGE1_MODELS_DIR", str(REPO_ROOT / "data" / "models"))
+# the base model of runs that get no resource config (schedule, backfill, daemon-launched runs): see `source`
+DEFAULT_MODEL_SOURCE = os.environ.get("STAGE1_MODEL_SOURCE", model_loader.EMBEDDED)
 DEFAULT_ARTIFACT_STORE = os.environ.get("STAGE1_ARTIFACT_STORE", "")
 DEFAULT_ARTIFACT_STORE_OPTIONS = os.environ.get("STAGE1_ARTIFACT_STORE_OPTIONS", "")
 
@@ -40,7 +47,7 @@ class ArtifactStoreConfig(dg.ConfigurableResource):
 
 
 class Stage1Paths(ArtifactStoreConfig):
-    """Root of the produced artifacts (DESIGN.md layout under `data/`), mirrored to the artifact store if any.
+    """Root of the produced artifacts (the layout under `data/` in README.md), mirrored to the artifact store if any.
 
     Assets read inputs through `fetch`/`fetch_dir` and hand outputs to `publish` after writing them;
     without an artifact store both are no-ops.
@@ -62,6 +69,17 @@ class Stage1Paths(ArtifactStoreConfig):
         """The local path of folder `parts`, mirroring the store's files (those matching `pattern`)."""
         return self.store().fetch_dir(self.path(*parts), pattern)
 
+    def fetch_verified(self, *parts: str, producer: str) -> Path:
+        """Like `fetch`, with the file's sidecar manifest, and checked against it (named error if it does not match)."""
+        path = self.fetch(*parts)
+        self.store().fetch(manifest_path(path))
+        verify(path, producer)
+        return path
+
+    def staging(self) -> Staging:
+        """Where a step writes its outputs until `ProvenanceResource.commit` publishes them with its record."""
+        return Staging()
+
     def publish(self, *paths: Path) -> None:
         """Upload written files or folders to the store (in the order given)."""
         self.store().sync(*paths)
@@ -75,8 +93,9 @@ class BaseModelResource(dg.ConfigurableResource):
     """The clean base model every generation, critic and judge step uses."""
 
     source: str = Field(
-        default=model_loader.EMBEDDED,
-        description="'embedded' (Gemma 3 270M base from PyPI), a local HF model directory, or a hub id.",
+        default=DEFAULT_MODEL_SOURCE,
+        description="'embedded' (Gemma 3 270M base from PyPI), a local HF model directory, or a hub id "
+        "(default: $STAGE1_MODEL_SOURCE, else 'embedded').",
     )
     models_dir: str = Field(default=DEFAULT_MODELS_DIR, description="Cache of converted models.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -104,6 +123,17 @@ class BaseModelResource(dg.ConfigurableResource):
             )
         return _LOADED[key]
 
+    def controls_cache_dir(self) -> Path:
+        """Where critic reports on the labelled control set are kept, beside the converted models they depend on."""
+        return Path(self.models_dir) / "critic_controls"
+
+    def guard_adapter(self, adapter_dir: Path) -> dict:
+        """The contamination guard on an adapter about to be loaded on top of the base model: its base must be
+        a clean base model too (refused like a model, with the same override). Returns the verdict."""
+        verdict = guard.inspect_adapter(adapter_dir)
+        guard.apply_guard(verdict, self.allow_instruction_tuned, self.override_reason)
+        return verdict.as_dict()
+
     def _device(self) -> str:
         """On a CUDA host, this process's own GPU (see core/devices.py); else the configured device."""
         if self.device == "cpu" or not model_loader.cuda_available():
@@ -122,6 +152,39 @@ class ProvenanceResource(ArtifactStoreConfig):
             Path(self.db_path), store_url=self.artifact_store, storage_options=self.storage_options()
         )
 
+    @contextlib.contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[Any]:
+        """While a step that records provenance runs, its run worker and a heartbeat are kept in the run's tags,
+        so that a run whose process dies is recognized as dead (stage1_assets/runs.py)."""
+        with heartbeat(context.instance, context.run_id), super().yield_for_execution(context) as resource:
+            yield resource
+
+    def commit(
+        self,
+        context: dg.AssetExecutionContext,
+        started: float,
+        staging: Staging,
+        paths: "Stage1Paths",
+        inputs: dict[str, str] | None = None,
+        outputs: dict[str, Path | tuple[str, str]] | None = None,
+        **fields: Any,
+    ) -> ProvenanceRecord:
+        """Publish the step's staged outputs together with its provenance record (the tail of every asset).
+
+        `outputs` maps artifact name to its target path (staged in `staging`, or an existing file or folder
+        that is recorded as it is), or to (location, content hash) for something identified otherwise (the
+        base model by its fingerprint). Nothing under a target's name changes unless the record is written
+        too; then the outputs go to the artifact store (if any) before the record goes to the shared log.
+        """
+        recorded = {
+            name: path if isinstance(path, tuple)
+            else (paths.location(path), staging.hash(path) if path in staging else content_hash(path))
+            for name, path in (outputs or {}).items()
+        }  # fmt: skip
+        rec = self._record(context, started, inputs, recorded, **fields)
+        self.store().commit(rec, staging, publish=paths.publish)
+        return rec
+
     def record(
         self,
         context: dg.AssetExecutionContext,
@@ -133,7 +196,20 @@ class ProvenanceResource(ArtifactStoreConfig):
         """Record one materialization of the current asset (run id, partition, timings filled in).
 
         `inputs` maps artifact name to content hash; `outputs` maps name to (path, content hash).
+        Outputs written before this call are visible before their record: prefer `commit`.
         """
+        rec = self._record(context, started, inputs, outputs, **fields)
+        self.store().record(rec)
+        return rec
+
+    def _record(
+        self,
+        context: dg.AssetExecutionContext,
+        started: float,
+        inputs: dict[str, str] | None,
+        outputs: dict[str, tuple[str, str]] | None,
+        **fields: Any,
+    ) -> ProvenanceRecord:
         wall = round(time.perf_counter() - started, 3)
         device = fields.get("device")
         rec = ProvenanceRecord(
@@ -147,5 +223,4 @@ class ProvenanceResource(ArtifactStoreConfig):
             outputs=[Artifact(name=n, path=p, content_hash=h) for n, (p, h) in (outputs or {}).items()],
             **fields,
         )
-        self.store().record(rec)
         return rec

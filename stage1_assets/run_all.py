@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         status = "ok" if result.success else "FAILED"
         print(f"[stage1] {label}: {status} (run {result.run_id})", flush=True)
         for evaluation in result.get_asset_check_evaluations():
-            mark = "pass" if evaluation.passed else "FAIL"
+            # a failed WARN check (e.g. length_bias) blocks nothing: it is a warning to read, not a failure
+            warn = evaluation.severity == dg.AssetCheckSeverity.WARN
+            mark = "pass" if evaluation.passed else "warn" if warn else "FAIL"
             print(f"[stage1]   check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {mark}")
         if not result.success:
             print("[stage1] stopping: open the run in the UI (see README) for the failed step/check")

@@ -13,7 +13,7 @@ from stage1_assets.core.config import (
 )
 
 
-def test_defaults_are_the_design_values():
+def test_defaults_are_the_validated_values():
     ins, resp = InstructionSampling(), ResponseSampling()
     assert (ins.temperature, ins.top_p, ins.repetition_penalty) == (0.7, 0.9, 1.1)
     assert (resp.temperature, resp.top_p, resp.repetition_penalty, resp.max_new_tokens) == (
@@ -23,7 +23,10 @@ def test_defaults_are_the_design_values():
         100,
     )
     assert tuple(resp.stop_sequences) == STOP_SEQUENCES
-    assert CriticParams().confidence_threshold == 1.0
+    critic = CriticParams()  # the answer score's threshold, chosen on the control set's development half
+    assert (critic.signal, critic.confidence_threshold, critic.rules) == (
+        "answer", 1.5, ["runaway", "content_free", "restated", "arithmetic"],
+    )  # fmt: skip
     qc = QCThresholds()
     assert (qc.max_runaway_rate, qc.max_token_limit_rate, qc.max_median_response_tokens) == (0.05, 0.10, 40)
     assert (qc.max_delimiter_leakage, qc.min_acceptance_rate, qc.runaway_max_chars) == (0, 0.5, 500)

@@ -112,13 +112,16 @@ def test_pilot_shards_and_merge_across_hosts(tmp_path, monkeypatch, postgres_ser
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     keys = {k.removeprefix(f"{s3_bucket}/stage1/") for k in fs.find(s3_bucket)}
     spool = {k for k in keys if k.startswith("provenance/spool/")}
-    shard_files = {f"shards/{s}/{n}" for s in SHARDS for n in ("spec.json", "instructions.json", "pairs.jsonl",
-                                                                  "pairs.parquet")}  # fmt: skip
-    pilot_files = {f"pilot/001/{n}" for n in ("pairs.jsonl", "pairs.parquet", "qc_summary.json",
-                                               "session_manifest.json")}  # fmt: skip
-    assert keys - spool == {"base_model.json", "test_instructions.jsonl", *pilot_files, *shard_files,
-                            "stage1_sft_data.jsonl", "stage1_sft_data.parquet", "sft_removed.jsonl",
-                            "qc_summary.json", "qc_response_lengths.png"}  # fmt: skip
+    # (every file another asset reads travels with its manifest, `<file>.manifest.json`)
+    shard_names = ("spec.json", "instructions.json", "pairs.jsonl", "pairs.jsonl.manifest.json", "pairs.parquet")
+    shard_files = {f"shards/{s}/{n}" for s in SHARDS for n in shard_names}
+    pilot_names = ("pairs.jsonl", "pairs.parquet", "qc_summary.json", "run.json", "session_manifest.json",
+                   "session_manifest.json.manifest.json")  # fmt: skip
+    pilot_files = {f"pilot/001/{n}" for n in pilot_names}
+    assert keys - spool == {"base_model.json", "test_instructions.jsonl", "test_instructions.jsonl.manifest.json",
+                            *pilot_files, *shard_files, "stage1_sft_data.jsonl", "stage1_sft_data.jsonl.manifest.json",
+                            "stage1_sft_data.parquet", "sft_removed.jsonl", "qc_summary.json",
+                            "qc_response_lengths.png"}  # fmt: skip
 
     # provenance: host D's DuckDB, fed by the shared log, holds every host's records ...
     prov = ProvenanceStore(tmp_path / "host-d" / "provenance.duckdb", store_url=store)

@@ -6,6 +6,8 @@ import dagster as dg
 import pytest
 
 from stage1_assets.core import pilot
+from stage1_assets.core.config import CriticParams
+from stage1_assets.core.critic import critic_fingerprint
 from stage1_assets.core.provenance import ProvenanceStore
 from stage1_assets.definitions import defs
 from stage1_assets.resources import BaseModelResource, ProvenanceResource, Stage1Paths
@@ -13,7 +15,7 @@ from stage1_assets.resources import BaseModelResource, ProvenanceResource, Stage
 pytestmark = pytest.mark.slow
 
 CHECKS = {"runaway_rate", "token_limit_rate", "median_response_tokens", "delimiter_leakage", "pair_acceptance",
-          "critic_discrimination"}  # fmt: skip
+          "length_bias", "critic_quality", "critic_discrimination"}  # fmt: skip
 
 
 @dg.asset(deps=["pilot_data"])
@@ -57,6 +59,11 @@ def test_pilot_end_to_end_then_strict_thresholds_block_downstream(tmp_path, embe
     assert (tmp_path / "pilot/001/pairs.parquet").exists()
     summary = json.loads((tmp_path / "pilot/001/qc_summary.json").read_text())
     assert checks["runaway_rate"].metadata["value"].value == summary["metrics"]["runaway_rate"]["value"]
+    quality = checks["critic_quality"].metadata
+    assert quality["pairwise_accuracy"].value == summary["critic_quality"]["pairwise_accuracy"] >= 0.85
+    assert "| bad kind |" in quality["per_kind"].value
+    assert manifest["generation"]["critic"] == CriticParams().model_dump()
+    assert manifest["critic_version"] == critic_fingerprint()
 
     store = ProvenanceStore(tmp_path / "provenance.duckdb")
     rows = store.query(

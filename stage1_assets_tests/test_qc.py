@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from stage1_assets.core.config import QCThresholds
@@ -39,12 +41,18 @@ def test_long_detailed_answer_is_not_a_runaway():
 def test_new_prompt_turn_is_a_runaway(response):
     flagged = flags(response)
     assert flagged["runaway"]
-    assert flagged["runaway_why"].startswith("starts a new prompt turn")
+    assert flagged["runaway_why"].startswith("starts a new prompt (labelled_turn)")
 
 
 def test_over_500_chars_is_a_runaway_with_the_length_as_reason():
     flagged = flags(DETAILED + " " + DETAILED)
     assert flagged["runaway"] and "chars > 500" in flagged["runaway_why"]
+
+
+def test_unlabelled_new_questions_are_runaways_but_a_heading_is_not():
+    flagged = flags("The answer is Venus.\n\n1. What is the temperature of the Sun?\n2. How far is the Moon?")
+    assert flagged["runaway"] and flagged["runaway_why"].startswith("starts a new prompt (numbered_question)")
+    assert not flags("## Steps\nWater the plant, then move it to a larger pot.")["runaway"]
 
 
 def test_inline_question_mark_or_q_word_is_not_a_runaway():
@@ -76,3 +84,32 @@ def test_summary_values_pass_fail_and_flagged_examples():
     assert not summary["passed"]
     strict = qc_summary(rows, QCThresholds(max_median_response_tokens=5))
     assert not strict["metrics"]["median_response_tokens"]["passed"]
+
+
+def test_length_bias_warns_when_accepted_answers_are_much_shorter():
+    rows = [row(i, "short", tokens=8, accepted=True, score=2.0) for i in range(6)]
+    rows += [row(6 + i, "long answer", tokens=40, accepted=False, score=0.3) for i in range(6)]
+    bias = qc_summary(rows, QCThresholds())["length_bias"]
+    assert bias["accepted_median_tokens"] == 8 and bias["rejected_median_tokens"] == 40
+    assert bias["median_ratio"] == pytest.approx(0.2) and not bias["passed"]
+    assert bias["pearson_tokens_score"] == pytest.approx(-1.0)
+    assert [b["tokens"] for b in bias["by_length"]] == ["0–9", "40–79"]
+    assert [b["acceptance"] for b in bias["by_length"]] == [1.0, 0.0]
+
+
+def test_length_bias_passes_when_lengths_are_alike_or_there_is_too_little_to_compare():
+    rows = [row(i, "answer", tokens=20 + i % 3, accepted=i % 2 == 0, score=1.0 + i % 2) for i in range(10)]
+    assert qc_summary(rows, QCThresholds())["length_bias"]["passed"]
+    few_rejected = [row(i, "a", tokens=8) for i in range(10)] + [row(10, "b", tokens=60, accepted=False, score=0.2)]
+    bias = qc_summary(few_rejected, QCThresholds())["length_bias"]
+    assert bias["passed"] and not bias["comparable"] and math.isnan(bias["median_ratio"])
+
+
+def test_length_bias_leaves_out_answers_a_rule_rejected():
+    """A cut-off runaway is long by nature: rejecting it by rule says nothing about the score's taste."""
+    rows = [row(i, "short", tokens=8, score=2.0) for i in range(6)]
+    rows += [row(6 + i, "short too", tokens=9, accepted=False, score=0.5) for i in range(6)]
+    rows += [{**row(12 + i, "1. What?\n2. Why?", tokens=99, accepted=False, score=-6.0),
+              "critic_rule": "truncated: stopped at max new tokens"} for i in range(6)]  # fmt: skip
+    bias = qc_summary(rows, QCThresholds())["length_bias"]
+    assert bias["rule_rejected"] == 6 and bias["rejected_median_tokens"] == 9 and bias["passed"]

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from ..config import PROFILE
 from ..core import plots
-from ..core.io import atomic_write_bytes, atomic_write_json, read_jsonl, sha256_file, stable_hash
+from ..core.io import content_hash, read_json, read_jsonl, stable_hash
 from ..core.training import ADAPTER_FILES, TrainingParams, train_adapter
 from ..k8s import GPU_TAGS
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
@@ -31,8 +31,9 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
     qc_path = paths.fetch("qc_summary.json")
     if not qc_path.exists():
         raise dg.Failure(f"{qc_path} does not exist: materialize qc_summary (and pass its checks) before training")
-    summary = json.loads(qc_path.read_text())
-    dataset_hash = sha256_file(sft_path)
+    summary = read_json(qc_path, {"sft_dataset_sha256": str, "metrics": dict, "test_overlap": dict},
+                        what="; re-materialize qc_summary")  # fmt: skip
+    dataset_hash = content_hash(sft_path)
     if summary.get("sft_dataset_sha256") != dataset_hash:
         raise dg.Failure(f"{qc_path} describes another version of {sft_path}: re-materialize qc_summary first")
     failed = [
@@ -45,7 +46,7 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
             "refusing to train on a dataset that failed QC: " + "; ".join(failed) + ". Open the failed "
             "qc_summary checks in the UI for the flagged examples."
         )
-    if summary.get("test_set_sha256") != sha256_file(paths.fetch("test_instructions.jsonl")):
+    if summary.get("test_set_sha256") != content_hash(paths.fetch("test_instructions.jsonl")):
         raise dg.Failure(f"{qc_path} was computed against another test set: re-materialize qc_summary first")
     return dataset_hash
 
@@ -73,7 +74,7 @@ def adapter_checkpoint(
     provenance: ProvenanceResource,
 ) -> dg.MaterializeResult:
     started = time.perf_counter()
-    sft_path = paths.fetch("stage1_sft_data.jsonl")
+    sft_path = paths.fetch_verified("stage1_sft_data.jsonl", producer="sft_dataset")  # as the merge recorded it
     dataset_hash = qc_gate(paths, sft_path)
     rows = read_jsonl(sft_path, required=("instruction", "response"))
     lm = model.load()
@@ -82,31 +83,36 @@ def adapter_checkpoint(
             "max_steps": config.max_steps}  # fmt: skip
     out_dir = paths.fetch_dir("adapters", stable_hash(spec)[:16])  # an adapter another host trained is reused
     metrics_path = out_dir / METRICS_FILE
+    staging = paths.staging()
     if metrics_path.exists():
         context.log.info(f"{out_dir} already holds an adapter trained with this spec; reusing it")
-        metrics = json.loads(metrics_path.read_text())
+        metrics = read_json(metrics_path, {"steps": int}, what=f"; delete {out_dir} to train again")
+        png = (out_dir / "loss_curve.png").read_bytes()
     else:
         result = train_adapter(
             lm.info.path, lm.tokenizer, rows, out_dir, params, device=lm.info.device, max_steps=config.max_steps,
             on_step=lambda r: context.log.info(json.dumps(r)),
         )  # fmt: skip
         metrics = result.metrics | {"history": result.history, "spec": spec}
-        atomic_write_bytes(out_dir / "loss_curve.png", plots.loss_curve(result.history))
-        atomic_write_json(metrics_path, metrics)  # written last: its presence marks a finished adapter
-    paths.publish(*(out_dir / name for name in ADAPTER_FILES), out_dir / "loss_curve.png", metrics_path)
-    adapter_hash = stable_hash({name: sha256_file(out_dir / name) for name in ADAPTER_FILES})
-    provenance.record(
-        context,
-        started,
-        inputs={"base_model": lm.info.fingerprint, "sft_dataset": dataset_hash},
-        outputs={"adapter": (paths.location(out_dir), adapter_hash)},
-        model_fingerprint=lm.info.fingerprint,
-        params=spec["params"] | {"max_steps": config.max_steps},
-        row_count=len(rows),
-        metrics={k: v for k, v in metrics.items() if k not in ("history", "spec")},
-        device=lm.info.device,
-    )
-    png = (out_dir / "loss_curve.png").read_bytes()
+        png = plots.loss_curve(result.history)
+        staging.write_bytes(out_dir / "loss_curve.png", png)
+        staging.write_json(metrics_path, metrics)  # its presence marks a finished adapter: committed with provenance
+    paths.publish(*(out_dir / name for name in ADAPTER_FILES))
+    adapter_hash = content_hash(out_dir, ADAPTER_FILES)
+    with staging:
+        provenance.commit(
+            context,
+            started,
+            staging,
+            paths,
+            inputs={"base_model": lm.info.fingerprint, "sft_dataset": dataset_hash},
+            outputs={"adapter": (paths.location(out_dir), adapter_hash)},
+            model_fingerprint=lm.info.fingerprint,
+            params=spec["params"] | {"max_steps": config.max_steps},
+            row_count=len(rows),
+            metrics={k: v for k, v in metrics.items() if k not in ("history", "spec")},
+            device=lm.info.device,
+        )
     return dg.MaterializeResult(
         metadata={
             "adapter_dir": dg.MetadataValue.path(paths.location(out_dir)),

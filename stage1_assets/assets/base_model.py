@@ -4,7 +4,6 @@ import time
 
 import dagster as dg
 
-from ..core.io import atomic_write_json
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
 
@@ -27,18 +26,24 @@ def base_model(
 ) -> dg.MaterializeResult:
     started = time.perf_counter()
     info = model.load().info
-    manifest_path = paths.path("base_model.json")
-    atomic_write_json(manifest_path, info.as_dict())
-    paths.publish(manifest_path)
-    provenance.record(
-        context,
-        started,
-        outputs={"base_model": (info.path, info.fingerprint)},
-        model_fingerprint=info.fingerprint,
-        params={"source": model.source, "device": info.device, "dtype": info.dtype, "guard": info.guard.as_dict()},
-        metrics={"parameter_count": info.parameter_count, "load_seconds": info.load_seconds},
-        device=info.device,
-    )
+    with paths.staging() as staging:  # base_model.json appears together with the provenance record
+        staging.write_json(paths.path("base_model.json"), info.as_dict())
+        provenance.commit(
+            context,
+            started,
+            staging,
+            paths,
+            model_fingerprint=info.fingerprint,
+            params={
+                "source": model.source,
+                "device": info.device,
+                "dtype": info.dtype,
+                "guard": info.guard.as_dict(),
+            },
+            metrics={"parameter_count": info.parameter_count, "load_seconds": info.load_seconds},
+            device=info.device,
+            outputs={"base_model": (info.path, info.fingerprint)},
+        )
     guard = info.guard
     return dg.MaterializeResult(
         metadata={

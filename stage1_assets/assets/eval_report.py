@@ -1,4 +1,4 @@
-"""`eval_report`: base vs base+adapter on every held-out instruction, judged by the clean base model."""
+"""`eval_report`: base vs base + adapter on verifiable instructions, reference answers and the test set."""
 
 import time
 from pathlib import PurePosixPath
@@ -6,10 +6,17 @@ from pathlib import PurePosixPath
 import dagster as dg
 from pydantic import Field
 
-from ..config import PROFILE, ResponseSamplingConfig
-from ..core import plots, prompts
-from ..core.evaluation import JUDGE_VERSION, EvalParams, evaluate, markdown_report
-from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl, sha256_file
+from ..config import PROFILE, CriticConfig, ResponseSamplingConfig
+from ..core import critic_controls, pilot, plots, prompts
+from ..core.config import CriticParams, ResponseSampling
+from ..core.critic import critic_fingerprint
+from ..core.evaluation import EvalItems, EvalParams, evaluate, headline, markdown_report, verdict_line
+from ..core.instruction_following import DEFAULT_SUITE, load_suite, select_subset
+from ..core.io import content_hash, read_jsonl
+from ..core.reference_qa import DEFAULT_QUESTIONS, load_questions
+from ..core.reference_qa import select_subset as select_questions
+from ..core.report import markdown_table
+from ..core.training import ADAPTER_FILES
 from ..k8s import GPU_TAGS
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
@@ -18,9 +25,23 @@ class EvalConfig(dg.Config):
     sampling: ResponseSamplingConfig = ResponseSamplingConfig()
     batch_size: int = Field(default=PROFILE.generation_batch_size, ge=1, le=4096)
     seed: int = Field(default=7, description="Decoding seed, the same for both systems.")
-    tie_margin: float = Field(default=0.1, ge=0.0, le=10.0, description="PMI differences below this are ties.")
-    min_judge_control_accuracy: float = Field(default=0.75, ge=0.5, le=1.0)
-    min_judge_consistency: float = Field(default=0.9, ge=0.0, le=1.0)
+    instruction_following_prompts: int | None = Field(
+        default=PROFILE.eval_if_prompts, ge=1, description="Verifiable-instruction prompts (a stratified subset; "
+        "null: the whole suite)."
+    )  # fmt: skip
+    reference_questions: int | None = Field(
+        default=PROFILE.eval_qa_questions, ge=1, description="Reference questions (a stratified subset; null: all)."
+    )
+    subset_seed: int = Field(default=0, description="Seed of the stratified subsets.")
+    reference_max_new_tokens: int = Field(
+        default=32, ge=1, le=2048, description="Token cap for reference answers (graded on their first sentence)."
+    )
+    judge: CriticConfig = CriticConfig()
+    tie_margin: float = Field(default=0.1, ge=0.0, le=100.0, description="Judge score differences below this tie.")
+    min_judge_pairwise_accuracy: float = Field(
+        default=0.85, ge=0.5, le=1.0, description="The judge must rank good above bad this often on the held-out "
+        "control set, or its check warns."
+    )  # fmt: skip
 
 
 def _latest_adapter_dir(context: dg.AssetExecutionContext) -> str:
@@ -28,6 +49,12 @@ def _latest_adapter_dir(context: dg.AssetExecutionContext) -> str:
     if event is None or event.asset_materialization is None:
         raise dg.Failure("adapter_checkpoint has never been materialized")
     return event.asset_materialization.metadata["adapter_dir"].value
+
+
+def _training_critic(paths: Stage1Paths) -> CriticParams | None:
+    """The critic of the pilot the shards reuse by default: the filter the training data went through."""
+    manifest = pilot.latest_passing_manifest(paths.fetch_dir("pilot", pattern=f"*/{pilot.MANIFEST}"))
+    return CriticParams(**manifest["generation"]["critic"]) if manifest else None
 
 
 @dg.asset(
@@ -42,20 +69,21 @@ def _latest_adapter_dir(context: dg.AssetExecutionContext) -> str:
         dg.AssetCheckSpec(
             "judge_trustworthy",
             asset="eval_report",
-            description="Warns when the judge picks the real response over a shuffled one in fewer than 75% of "
-            "control pairs, or agrees with itself across presentation orders in fewer than 90%.",
+            description="Warns when the likelihood judge ranks the good response above a bad one in fewer than 85% "
+            "of comparisons on the held-out half of the labelled critic control set.",
         ),
         dg.AssetCheckSpec(
-            "covers_test_set",
+            "covers_items",
             asset="eval_report",
-            description="The report must cover every held-out test instruction (no pair missing).",
+            description="Every selected verifiable-instruction prompt, reference question and held-out test "
+            "instruction is answered and scored for both systems.",
         ),
     ],
     description=(
-        "Paired evaluation (`data/eval_report.json` / `.md`): every held-out instruction answered by the base model "
-        "and by base+adapter with the same template, decoding and seed; judged by the clean base model's PMI "
-        "(validated on a real-vs-shuffled control); win/tie/loss, win rate with a bootstrap 95% CI, sign test, "
-        "judge consistency, length control and QC of both systems."
+        "Paired evaluation (`data/eval_report.json` / `.md`) of base + adapter against the base model, same template, "
+        "decoding and seed. Headline: verifiable instructions (strict / loose) and reference answers, each with "
+        "Wilson intervals and an exact McNemar test of the paired difference. Secondary: the base model's "
+        "likelihood judge on the held-out test instructions, with its trust on the labelled control set."
     ),
 )
 def eval_report(
@@ -69,82 +97,113 @@ def eval_report(
     from transformers import AutoModelForCausalLM
 
     started = time.perf_counter()
-    test_path = paths.fetch("test_instructions.jsonl")
-    test_rows = read_jsonl(test_path, required=("instruction",))
+    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
+    suite, questions = load_suite(), load_questions()
+    items = EvalItems(
+        select_subset(suite, config.instruction_following_prompts or len(suite), config.subset_seed),
+        select_questions(questions, config.reference_questions or len(questions), config.subset_seed),
+        read_jsonl(test_path, required=("instruction",)),
+    )
     # the adapter's folder name is its spec hash; its files come from the store when there is one
     adapter_dir = paths.fetch_dir("adapters", PurePosixPath(_latest_adapter_dir(context)).name)
     lm = model.load()
+    adapter_guard = model.guard_adapter(adapter_dir)
     fresh_base = AutoModelForCausalLM.from_pretrained(lm.info.path, dtype=lm.model.dtype).to(lm.info.device)
-    adapted = PeftModel.from_pretrained(fresh_base, str(adapter_dir)).eval()
-    params = EvalParams(config.sampling, config.batch_size, config.seed, config.tie_margin)
-    report = evaluate(lm.model, adapted, lm.tokenizer, test_rows, params)
-    report |= {"adapter_dir": paths.location(adapter_dir), "base_model": lm.info.fingerprint,
-               "test_set_sha256": sha256_file(test_path), "prompt_version": prompts.prompt_version()}  # fmt: skip
+    # merged into its own copy of the base weights, the adapter generates as fast as the base model
+    adapted = PeftModel.from_pretrained(fresh_base, str(adapter_dir)).merge_and_unload().eval()
+    params = EvalParams(
+        ResponseSampling(**config.sampling.model_dump()), config.batch_size, config.seed, config.tie_margin,
+        judge=CriticParams(**config.judge.model_dump()), training_critic=_training_critic(paths),
+        reference_max_new_tokens=config.reference_max_new_tokens,
+        trust_cache=critic_controls.cache_path(model.controls_cache_dir(), lm.info.fingerprint, config.judge),
+    )  # fmt: skip
+    report = evaluate(lm.model, adapted, lm.tokenizer, items, params)
+    input_hashes = {
+        "base_model": lm.info.fingerprint,
+        "adapter": content_hash(adapter_dir, ADAPTER_FILES),
+        "test_instructions": content_hash(test_path),
+        "instruction_following_suite": content_hash(DEFAULT_SUITE),
+        "reference_questions": content_hash(DEFAULT_QUESTIONS),
+        "critic_controls": content_hash(critic_controls.EXEMPLARS_DIR / critic_controls.CONTROLS),
+    }
+    report |= {"adapter_dir": paths.location(adapter_dir), "base_model": lm.info.fingerprint, "inputs": input_hashes,
+               "prompt_version": prompts.prompt_version(), "judge_version": critic_fingerprint()}  # fmt: skip
+    jd = report["judge"]
     png = plots.histogram(
-        {"SFT": [p["sft_score"] for p in report["pairs"]], "base": [p["base_score"] for p in report["pairs"]]},
-        "judge score (PMI, nats/token)",
-        bin_width=0.25,
+        {"adapter": [r["sft_tokens"] for r in jd["rows"]], "base": [r["base_tokens"] for r in jd["rows"]]},
+        "response tokens (held-out test instructions)",
     )
-    atomic_write_bytes(paths.path("eval_scores.png"), png)
-    markdown = markdown_report(report, plots.markdown_image(png, "judge scores"))
-    json_path = atomic_write_json(paths.path("eval_report.json"), report)
-    atomic_write_text(paths.path("eval_report.md"), markdown)
-    paths.publish(paths.path("eval_scores.png"), paths.path("eval_report.md"), json_path)
-    report_hash = sha256_file(json_path)
-    adapter_hash = sha256_file(adapter_dir / "adapter_model.safetensors")
-    headline = {k: report[k] for k in ("n", "wins", "ties", "losses", "win_rate", "win_rate_ci95", "sign_test_p",
-                                       "judge_position_consistency", "judge_control_accuracy")}  # fmt: skip
-    provenance.record(
-        context,
-        started,
-        inputs={
-            "base_model": lm.info.fingerprint,
-            "adapter": adapter_hash,
-            "test_instructions": report["test_set_sha256"],
-        },
-        outputs={"eval_report": (paths.location(json_path), report_hash)},
-        model_fingerprint=lm.info.fingerprint,
-        params=config.model_dump() | {"judge": JUDGE_VERSION},
-        prompt_version=report["prompt_version"],
-        row_count=report["n"],
-        metrics=headline,
-        device=lm.info.device,
-    )
-    lo, hi = report["win_rate_ci95"]
+    markdown = markdown_report(report, plots.markdown_image(png, "response lengths"))
+    json_path = paths.path("eval_report.json")
+    iff, qa = report["instruction_following"], report["reference_qa"]
+    summary = {
+        "if_n": iff["n"], "if_sft": iff["sft"]["pass_rate"], "if_base": iff["base"]["pass_rate"],
+        "if_mcnemar_p": iff["mcnemar_p"], "qa_n": qa["n"], "qa_sft": qa["sft"]["accuracy"],
+        "qa_base": qa["base"]["accuracy"], "qa_mcnemar_p": qa["mcnemar_p"],
+        "judge_wins": jd["wins"], "judge_losses": jd["losses"], "judge_trust": jd["trust"]["pairwise_accuracy"],
+    }  # fmt: skip
+    with paths.staging() as staging:  # visible only together with the provenance record
+        staging.write_bytes(paths.path("eval_lengths.png"), png)
+        staging.write_text(paths.path("eval_report.md"), markdown)
+        staging.write_json(json_path, report)
+        report_hash = staging.hash(json_path)
+        provenance.commit(
+            context,
+            started,
+            staging,
+            paths,
+            inputs=input_hashes,
+            outputs={"eval_report": json_path},
+            model_fingerprint=lm.info.fingerprint,
+            params=config.model_dump() | {"judge_version": critic_fingerprint(), "adapter_guard": adapter_guard},
+            prompt_version=report["prompt_version"],
+            row_count=iff["n"] + qa["n"] + jd["n"],
+            metrics=summary,
+            device=lm.info.device,
+        )
     yield dg.MaterializeResult(
         metadata={
-            "win_rate": report["win_rate"],
-            "win_rate_ci95": f"[{lo:.3f}, {hi:.3f}]",
-            "wins_ties_losses": f"{report['wins']} / {report['ties']} / {report['losses']}",
-            "sign_test_p": report["sign_test_p"],
-            "judge_control_accuracy": report["judge_control_accuracy"],
-            "judge_position_consistency": report["judge_position_consistency"],
-            "n": report["n"],
+            "headline": dg.MetadataValue.md(
+                markdown_table(headline(report), ["measure", "adapter", "base", "difference (McNemar)"])
+            ),
+            "instruction_following": verdict_line("strict", iff, "pass_rate"),
+            "reference_answers": verdict_line("accuracy", qa, "accuracy"),
+            "if_sft_pass_rate": iff["sft"]["pass_rate"],
+            "if_base_pass_rate": iff["base"]["pass_rate"],
+            "if_mcnemar_p": iff["mcnemar_p"],
+            "qa_sft_accuracy": qa["sft"]["accuracy"],
+            "qa_base_accuracy": qa["base"]["accuracy"],
+            "qa_mcnemar_p": qa["mcnemar_p"],
+            "judge_is_training_filter": jd["is_training_filter"],
+            "judge_trust": jd["trust"]["pairwise_accuracy"],
             "report": dg.MetadataValue.md(markdown),
             "path": dg.MetadataValue.path(paths.location(paths.path("eval_report.md"))),
         },
         data_version=dg.DataVersion(report_hash[:16]),
     )
-    trusted = (
-        report["judge_control_accuracy"] >= config.min_judge_control_accuracy
-        and report["judge_position_consistency"] >= config.min_judge_consistency
-    )
+    trust = jd["trust"]
     yield dg.AssetCheckResult(
         check_name="judge_trustworthy",
-        passed=trusted,
+        passed=bool(trust["pairwise_accuracy"] >= config.min_judge_pairwise_accuracy),
         severity=dg.AssetCheckSeverity.WARN,
+        description=f"pairwise accuracy {trust['pairwise_accuracy']:.3f} on {trust['items']} held-out control "
+        f"requests; passes at >= {config.min_judge_pairwise_accuracy}",
         metadata={
-            "control_accuracy": report["judge_control_accuracy"],
-            "position_consistency": report["judge_position_consistency"],
-            "min_control_accuracy": config.min_judge_control_accuracy,
-            "min_consistency": config.min_judge_consistency,
+            "pairwise_accuracy": trust["pairwise_accuracy"],
+            "threshold": config.min_judge_pairwise_accuracy,
+            "is_training_filter": jd["is_training_filter"],
+            "per_kind": dg.MetadataValue.md(markdown_table(
+                [{"bad kind": k, **v} for k, v in trust["per_kind"].items()], ["bad kind", "good_above", "rejected"])),
+            "misranked": dg.MetadataValue.md(markdown_table(
+                trust["misranked"], ["item", "kind", "instruction", "bad_response", "bad_verdict", "good_verdict"])),
         },  # fmt: skip
     )
-    covered = {p["id"] for p in report["pairs"]}
-    missing = [r["id"] for r in test_rows if r["id"] not in covered]
+    expected = {"instruction_following": len(items.instruction_following), "reference_qa": len(items.reference_qa),
+                "judge": len(items.test_rows)}  # fmt: skip
+    scored = {name: len(report[name]["rows"]) for name in expected}
     yield dg.AssetCheckResult(
-        check_name="covers_test_set",
-        passed=not missing,
+        check_name="covers_items",
+        passed=scored == expected and all(expected.values()),
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"covered": len(covered), "test_set": len(test_rows), "missing": dg.MetadataValue.json(missing[:50])},
+        metadata={"expected": dg.MetadataValue.json(expected), "scored": dg.MetadataValue.json(scored)},
     )

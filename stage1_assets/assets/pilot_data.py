@@ -2,9 +2,12 @@
 
 Iterate on pilots, not on training runs: every materialization is a new iteration with its own
 parameters (run config), kept in `data/pilot/<NNN>/` and in provenance; the session manifest scale
-generation reuses is the latest iteration whose checks all passed.
+generation reuses is the latest iteration whose checks all passed. Concurrent runs get distinct
+iterations; a run's files (manifest included) appear only with its provenance record, and a run
+that fails marks its iteration failed (`run.json`), so no shard ever uses it.
 """
 
+import contextlib
 import json
 import time
 
@@ -13,10 +16,10 @@ import polars as pl
 from pydantic import Field
 
 from ..config import PROFILE, GenerationConfig, QCConfig
-from ..core import pilot, prompts
-from ..core.critic import Critic, discrimination, shuffled_control
+from ..core import critic_controls, pilot, prompts, stats
+from ..core.critic import Critic, critic_fingerprint, discrimination, shuffled_control
 from ..core.generation import Generator
-from ..core.io import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
+from ..core.io import content_hash, read_jsonl
 from ..core.pairs import GenerationParams, generate_instructions, respond_and_score
 from ..core.qc import qc_summary
 from ..core.report import markdown_table
@@ -30,14 +33,24 @@ class PilotConfig(GenerationConfig):
     qc: QCConfig = QCConfig()
 
 
-def _iterations_table(provenance: ProvenanceResource) -> str:
-    rows = provenance.store().query(
-        """SELECT params_json, metrics_json FROM records
-           WHERE asset_key = 'pilot_data' AND kind = 'materialization' ORDER BY recorded_at DESC LIMIT 10"""
-    )
+def _iterations_table(provenance: ProvenanceResource, current: tuple[dict, dict]) -> str:
+    """This iteration (`current`: its params and metrics) and the nine before it, from provenance.
+
+    Read before this run commits anything, and never fatal: while another process holds the
+    database (a user's DuckDB session, say) the table shows this iteration alone and says why.
+    """
+    note = ""
+    try:
+        rows = provenance.store().query(
+            """SELECT params_json, metrics_json FROM records
+               WHERE asset_key = 'pilot_data' AND kind = 'materialization' ORDER BY recorded_at DESC LIMIT 9""",
+            timeout_s=5.0,
+        )
+    except TimeoutError as exc:
+        rows, note = [], f"\n\nEarlier iterations are not shown: {exc}"
+    history = [current] + [(json.loads(r["params_json"]), json.loads(r["metrics_json"])) for r in rows]
     table = []
-    for r in rows:
-        p, m = json.loads(r["params_json"]), json.loads(r["metrics_json"])
+    for p, m in history:
         table.append(
             {
                 "iteration": m.get("iteration"),
@@ -50,10 +63,11 @@ def _iterations_table(provenance: ProvenanceResource) -> str:
                 "leaks": m.get("delimiter_leakage"),
                 "accept": m.get("pair_acceptance"),
                 "critic rank": m.get("critic_rank_agreement"),
+                "critic quality": m.get("critic_pairwise_accuracy"),
                 "passed": m.get("checks_passed"),
             }
         )
-    return markdown_table(table, list(table[0]) if table else [])
+    return markdown_table(table, list(table[0]) if table else []) + note
 
 
 @dg.asset(
@@ -64,6 +78,15 @@ def _iterations_table(provenance: ProvenanceResource) -> str:
     tags={"stage": "pilot"},
     check_specs=[
         *qc_check_specs("pilot_data"),
+        dg.AssetCheckSpec(
+            "critic_quality",
+            asset="pilot_data",
+            blocking=True,
+            description="On the held-out half of the labelled control set (good answers against wrong, restated, "
+            "content-free, runaway, drift and truncated ones), the critic must rank the good answer above the bad "
+            "one in at least 85% of comparisons and reject at least 90% of each of the restated, content-free and "
+            "runaway answers (defaults; run config may change them). Shows the per-kind table and misranked pairs.",
+        ),
         dg.AssetCheckSpec(
             "critic_discrimination",
             asset="pilot_data",
@@ -85,15 +108,37 @@ def pilot_data(
     paths: Stage1Paths,
     provenance: ProvenanceResource,
 ):
+    # whatever fails after the iteration is allocated marks it failed (`on_failure`, set up below)
+    with contextlib.ExitStack() as on_failure:
+        yield from _pilot_iteration(context, config, model, paths, provenance, on_failure)
+
+
+def _pilot_iteration(
+    context: dg.AssetExecutionContext,
+    config: PilotConfig,
+    model: BaseModelResource,
+    paths: Stage1Paths,
+    provenance: ProvenanceResource,
+    on_failure: contextlib.ExitStack,
+):
     started = time.perf_counter()
-    test_path = paths.fetch("test_instructions.jsonl")
+    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
     test_rows = read_jsonl(test_path, required=("instruction",))
     lm = model.load()
     params = GenerationParams(config.instruction_sampling, config.response_sampling, config.critic, config.batch_size)
     generator = Generator(lm.model, lm.tokenizer)
-    # every host's iterations count: numbering continues after the store's latest one
-    iteration = pilot.next_iteration(paths.fetch_dir("pilot", pattern=f"*/{pilot.MANIFEST}"))
+    # every host's iterations count: numbering continues after the store's latest one (claims included)
+    pilot_dir = paths.fetch_dir("pilot", pattern="*/*.json")
+    iteration = pilot.allocate_iteration(pilot_dir, context.run_id)  # atomic: concurrent runs get distinct ones
     out_dir = paths.path("pilot", iteration)
+    paths.publish(out_dir / pilot.RUN_FILE)
+    context.log.info(f"pilot iteration {iteration} (data/pilot/{iteration}/)")
+
+    @on_failure.push
+    def _mark_failed(exc_type, exc, tb) -> None:
+        if exc is not None and not isinstance(exc, GeneratorExit):
+            with contextlib.suppress(OSError):
+                paths.publish(pilot.mark_failed(pilot_dir, iteration, context.run_id, exc))
 
     instructions, removed = generate_instructions(
         generator, config.count, config.seed, prompts.load_pool(prompts.TRAIN_POOL), params.instruction,
@@ -101,57 +146,65 @@ def pilot_data(
     )  # fmt: skip
     ids = [f"pilot-{iteration}-{n:06d}" for n in range(len(instructions))]
     rows = respond_and_score(lm, instructions, ids, params, seed=config.seed + 1, generator=generator)
-    critic = Critic(lm.model, lm.tokenizer, prompts.load_pool(prompts.QA_SHOTS))
-    control = critic.score(
-        shuffled_control([(r["instruction"], r["response"]) for r in rows], config.seed),
-        config.critic.confidence_threshold,
-        config.critic.batch_size,
-    )
-    disc = discrimination(
-        [r["critic_score"] for r in rows], [c.score for c in control], config.critic.confidence_threshold
-    )
-    disc_p = pilot.sign_test_p_value(disc.real_above_shuffled, disc.pairs)
+    critic = Critic(lm.model, lm.tokenizer, params.critic)
+    pairs = [(r["instruction"], r["response"]) for r in rows]
+    disc = discrimination(critic.score(pairs), critic.score(shuffled_control(pairs, config.seed)))
+    disc_p = stats.sign_test(disc.real_above_shuffled, disc.pairs - disc.real_above_shuffled, "greater")
     disc_passed = disc.rank_agreement >= config.qc.min_critic_discrimination
+    quality = critic_controls.critic_quality(
+        critic, config.qc.min_critic_pairwise_accuracy, config.qc.min_critic_rejection,
+        cache=critic_controls.cache_path(model.controls_cache_dir(), lm.info.fingerprint, params.critic),
+    )  # fmt: skip
     summary = qc_summary(rows, config.qc)
     summary["critic_discrimination"] = {**disc.as_dict(), "sign_test_p": disc_p, "passed": disc_passed}
+    summary["critic_quality"] = quality
 
-    pairs_path = atomic_write_jsonl(out_dir / "pairs.jsonl", rows)
-    with atomic_path(out_dir / "pairs.parquet") as tmp:
+    staging = on_failure.enter_context(paths.staging())  # nothing is visible before the commit below
+    pairs_path = staging.write_jsonl(out_dir / "pairs.jsonl", rows)
+    with staging.writing(out_dir / "pairs.parquet") as tmp:
         pl.DataFrame(rows).write_parquet(tmp)
-    atomic_write_json(out_dir / "qc_summary.json", summary)
-    pairs_hash = sha256_file(pairs_path)
-    checks_passed = summary["passed"] and disc_passed
+    staging.write_json(out_dir / "qc_summary.json", summary)
+    pairs_hash = staging.hash(pairs_path)
+    checks_passed = summary["passed"] and disc_passed and quality["passed"]
     manifest = {
         "iteration": iteration,
         "run_id": context.run_id,
         "model_fingerprint": lm.info.fingerprint,
         "prompt_version": prompts.prompt_version(),
         "generation": params.as_dict(),
+        "critic_version": critic_fingerprint(),
         "qc_thresholds": config.qc.model_dump(),
         "seed": config.seed,
         "count": config.count,
-        "test_set_sha256": sha256_file(test_path),
+        "test_set_sha256": content_hash(test_path),
         "pairs_sha256": pairs_hash,
         "checks_passed": checks_passed,
     }
-    atomic_write_json(out_dir / pilot.MANIFEST, manifest)
-    # the manifest last: shards on other hosts look for it, and its files must be there first
-    paths.publish(pairs_path, out_dir / "pairs.parquet", out_dir / "qc_summary.json", out_dir / pilot.MANIFEST)
+    # the manifest and its sidecar last: shards on other hosts look for them, and the files must be there first
+    staging.write_json(out_dir / pilot.MANIFEST, manifest)
+    staging.manifest(out_dir / pilot.MANIFEST, "pilot_data", iteration=iteration, run_id=context.run_id)
+    staging.write_json(out_dir / pilot.RUN_FILE, {"iteration": iteration, "run_id": context.run_id,
+                                                  "status": "success", "finished_at": time.time()})  # fmt: skip
     metrics = {m: v["value"] for m, v in summary["metrics"].items()}
     metrics |= {"iteration": iteration, "checks_passed": checks_passed, "critic_rank_agreement": disc.rank_agreement,
-                "removed_instructions": removed}  # fmt: skip
-    provenance.record(
+                "critic_pairwise_accuracy": quality["pairwise_accuracy"], "removed_instructions": removed}  # fmt: skip
+    record_params = params.as_dict() | {"seed": config.seed, "count": config.count, "qc": config.qc.model_dump()}
+    iterations = _iterations_table(provenance, (record_params, metrics))  # before the commit: never fails it
+    provenance.commit(
         context,
         started,
+        staging,
+        paths,
         inputs={"base_model": lm.info.fingerprint, "test_instructions": manifest["test_set_sha256"]},
-        outputs={"pilot_pairs": (paths.location(pairs_path), pairs_hash)},
+        outputs={"pilot_pairs": pairs_path},
         model_fingerprint=lm.info.fingerprint,
-        params=params.as_dict() | {"seed": config.seed, "count": config.count, "qc": config.qc.model_dump()},
+        params=record_params,
         prompt_version=manifest["prompt_version"],
         row_count=len(rows),
         metrics=metrics,
         device=lm.info.device,
     )
+    on_failure.pop_all()  # committed: the iteration stands, whatever happens next
     yield dg.MaterializeResult(
         metadata={
             "iteration": iteration,
@@ -177,13 +230,30 @@ def pilot_data(
                 )
             ),  # fmt: skip
             "preview": dg.MetadataValue.md(
-                markdown_table(rows[:8], ["id", "instruction", "response", "finish_reason", "critic_score", "accepted"])
+                markdown_table(rows[:8], ["id", "instruction", "response", "critic_score", "critic_rule", "accepted"])
             ),
-            "iterations": dg.MetadataValue.md(_iterations_table(provenance)),
+            "iterations": dg.MetadataValue.md(iterations),
         },
         data_version=dg.DataVersion(pairs_hash[:16]),
     )
     yield from qc_check_results("pilot_data", summary)
+    yield dg.AssetCheckResult(
+        check_name="critic_quality",
+        passed=quality["passed"],
+        description="; ".join(quality["failures"]) or f"pairwise accuracy {quality['pairwise_accuracy']:.3f}",
+        metadata={
+            "pairwise_accuracy": quality["pairwise_accuracy"],
+            "min_pairwise_accuracy": quality["min_pairwise_accuracy"],
+            "min_rejection": quality["min_rejection"],
+            "good_accepted": quality["good_accepted"],
+            "control_requests": quality["items"],
+            "per_kind": dg.MetadataValue.md(markdown_table(
+                [{"bad kind": k, "good ranked above": v["good_above"], "rejected": v["rejected"]}
+                 for k, v in quality["per_kind"].items()], ["bad kind", "good ranked above", "rejected"])),
+            "misranked": dg.MetadataValue.md(markdown_table(
+                quality["misranked"], ["item", "kind", "instruction", "bad_response", "bad_verdict", "good_verdict"])),
+        },  # fmt: skip
+    )
     yield dg.AssetCheckResult(
         check_name="critic_discrimination",
         passed=disc_passed,

@@ -11,22 +11,28 @@ import dagster as dg
 from ..core.report import markdown_table
 
 QC_CHECK_DESCRIPTIONS = {
-    "runaway_rate": "Share of responses that start a new prompt turn (Instruction:/Q:/User:/###/new question) "
-    "or exceed 500 characters must be below 5%. Long, detailed answers are not runaways.",
+    "runaway_rate": "Share of responses that start a new prompt (an Instruction:/Q:/User:/### turn, new unlabelled "
+    "questions, a new task) or exceed 500 characters must be below 5%. Long, detailed answers are not runaways.",
     "token_limit_rate": "Share of responses that stopped because they hit max new tokens must be below 10%.",
     "median_response_tokens": "Median response length must be below 40 tokens.",
     "delimiter_leakage": "No response may contain a template delimiter (Instruction:, Response:, turn tokens).",
-    "pair_acceptance": "At least 50% of pairs must reach the critic's confidence threshold "
-    "(per-token PMI >= 1.0 nats).",
+    "pair_acceptance": "At least 50% of pairs must be accepted by the critic.",
 }
+LENGTH_BIAS_DESCRIPTION = (
+    "Warns when the critic's accepted answers are much shorter than its rejected ones (median length ratio below "
+    "0.5 by default): a sign of a critic that rewards brevity rather than quality. Shows acceptance by length."
+)
 
 
 def qc_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
     return [
-        dg.AssetCheckSpec(
-            name, asset=asset, blocking=True, description=desc + " (default thresholds; run config may change them)"
-        )
-        for name, desc in QC_CHECK_DESCRIPTIONS.items()
+        *(
+            dg.AssetCheckSpec(
+                name, asset=asset, blocking=True, description=desc + " (default thresholds; run config may change them)"
+            )
+            for name, desc in QC_CHECK_DESCRIPTIONS.items()
+        ),
+        dg.AssetCheckSpec("length_bias", asset=asset, description=LENGTH_BIAS_DESCRIPTION),
     ]
 
 
@@ -51,7 +57,31 @@ def metric_check_result(asset: str, name: str, metric: dict[str, Any], pairs: in
     )
 
 
+def length_bias_check_result(asset: str, bias: dict[str, Any]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name="length_bias",
+        asset_key=asset,
+        passed=bool(bias["passed"]),
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"accepted median {bias['accepted_median_tokens']} tokens vs rejected "
+        f"{bias['rejected_median_tokens']}; passes when the ratio >= {bias['min_ratio']}",
+        metadata={
+            "median_ratio": float(bias["median_ratio"]),
+            "min_ratio": float(bias["min_ratio"]),
+            "pearson_tokens_score": float(bias["pearson_tokens_score"]),
+            "accepted_median_tokens": float(bias["accepted_median_tokens"]),
+            "rejected_median_tokens": float(bias["rejected_median_tokens"]),
+            "enough_to_compare": bool(bias["comparable"]),
+            "rule_rejected_left_out": int(bias["rule_rejected"]),
+            "acceptance_by_length": dg.MetadataValue.md(
+                markdown_table(bias["by_length"], ["tokens", "pairs", "acceptance"])
+            ),
+        },
+    )
+
+
 def qc_check_results(asset: str, summary: dict[str, Any]) -> list[dg.AssetCheckResult]:
     return [
-        metric_check_result(asset, name, summary["metrics"][name], summary["pairs"]) for name in QC_CHECK_DESCRIPTIONS
+        *(metric_check_result(asset, n, summary["metrics"][n], summary["pairs"]) for n in QC_CHECK_DESCRIPTIONS),
+        length_bias_check_result(asset, summary["length_bias"]),
     ]

@@ -6,12 +6,13 @@ import dagster as dg
 
 from ..config import QCConfig
 from ..core import plots
-from ..core.io import atomic_write_bytes, atomic_write_json, read_jsonl, sha256_file
-from ..core.merge import TestSetIndex
+from ..core.artifacts import manifest_path
+from ..core.io import content_hash, read_jsonl
+from ..core.overlap_audit import audit_overlap
 from ..core.qc import qc_by_group
 from ..core.qc import qc_summary as compute_qc
 from ..core.report import markdown_table
-from ..core.shards import read_rows
+from ..core.shards import SHARD_ROW_TYPES, read_shard
 from ..resources import ProvenanceResource, Stage1Paths
 from .qc_checks import qc_check_results, qc_check_specs
 from .scale_shards import SHARD_PARTITIONS
@@ -29,8 +30,8 @@ from .scale_shards import SHARD_PARTITIONS
             "test_overlap",
             asset="qc_summary",
             blocking=True,
-            description="No SFT pair may overlap the held-out test set (13-word n-gram or near-duplicate): "
-            "the count must be 0.",
+            description="No SFT pair may overlap the held-out test set (13-word n-gram, identical or near-duplicate "
+            "instruction), recomputed in SQL independently of the merge's filter: the count must be 0.",
         ),
     ],
     description=(
@@ -41,43 +42,57 @@ from .scale_shards import SHARD_PARTITIONS
 def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage1Paths, provenance: ProvenanceResource):
     started = time.perf_counter()
     keys = SHARD_PARTITIONS.get_partition_keys()
-    rows = [r for k in keys for r in read_rows(paths.fetch("shards", k, "pairs.jsonl"))]
-    sft_path = paths.fetch("stage1_sft_data.jsonl")
+    shard_paths = [paths.fetch("shards", k, "pairs.jsonl") for k in keys]
+    for path in shard_paths:
+        paths.store().fetch(manifest_path(path))
+    # every shard checked against its manifest (hash, rows), then each row for the fields QC reads
+    shard_types = SHARD_ROW_TYPES | {"instruction": str, "finish_reason": str, "response_tokens": int}
+    rows = [r for path in shard_paths for r in read_shard(path, shard_types)]
+    sft_path = paths.fetch_verified("stage1_sft_data.jsonl", producer="sft_dataset")
     sft_rows = read_jsonl(sft_path, required=("instruction", "response"))
-    test_path = paths.fetch("test_instructions.jsonl")
-    index = TestSetIndex([r["instruction"] for r in read_jsonl(test_path, required=("instruction",))])
+    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
+    read_jsonl(test_path, required=("instruction",))  # refuses a malformed test set by file and line
+    # an independent re-derivation (SQL), not the index the merge filtered with: it would find nothing
+    by_id = {str(r["id"]): r for r in sft_rows}
     overlaps = [
-        {"id": r["id"], "instruction": r["instruction"], "response_excerpt": r["response"][:160], "why": why}
-        for r in sft_rows
-        if (why := index.contamination(r["instruction"], r["response"]))
-    ]
+        {"id": o["id"], "instruction": by_id[o["id"]]["instruction"], "field": o["field"],
+         "test_instruction": o["test_instruction"], "why": o["why"]}
+        for o in audit_overlap(sft_path, test_path)
+    ]  # fmt: skip
+    overlapping_rows = len({o["id"] for o in overlaps})
     summary = compute_qc(rows, config)
     summary["per_shard"] = {
         k: {m: v["value"] for m, v in s["metrics"].items()} | {"pairs": s["pairs"], "passed": s["passed"]}
         for k, s in qc_by_group(rows, config, "shard").items()
     }
-    summary["test_overlap"] = {"count": len(overlaps), "examples": overlaps[:10], "sft_rows": len(sft_rows)}
-    summary["sft_dataset_sha256"] = sha256_file(sft_path)
-    summary["test_set_sha256"] = sha256_file(test_path)
-    target = atomic_write_json(paths.path("qc_summary.json"), summary)
+    summary["test_overlap"] = {
+        "count": overlapping_rows, "method": "duckdb-sql-audit", "examples": overlaps[:10], "sft_rows": len(sft_rows)
+    }
+    summary["sft_dataset_sha256"] = content_hash(sft_path)
+    summary["test_set_sha256"] = content_hash(test_path)
+    target = paths.path("qc_summary.json")
     sft_ids = {r["id"] for r in sft_rows}
     png = plots.histogram(
         {"all generated": [r["response_tokens"] for r in rows],
          "in SFT dataset": [r["response_tokens"] for r in rows if r["id"] in sft_ids]},
         "response tokens",
     )  # fmt: skip
-    atomic_write_bytes(paths.path("qc_response_lengths.png"), png)
-    paths.publish(paths.path("qc_response_lengths.png"), target)
-    content_hash = sha256_file(target)
-    provenance.record(
-        context,
-        started,
-        inputs={"sft_dataset": summary["sft_dataset_sha256"], "test_instructions": summary["test_set_sha256"]},
-        outputs={"qc_summary": (paths.location(target), content_hash)},
-        params=config.model_dump(),
-        row_count=len(rows),
-        metrics={m: v["value"] for m, v in summary["metrics"].items()} | {"test_overlap": len(overlaps)},
-    )
+    with paths.staging() as staging:  # visible only together with the provenance record
+        staging.write_bytes(paths.path("qc_response_lengths.png"), png)
+        staging.write_json(target, summary)
+        staging.manifest(target, "qc_summary")
+        summary_hash = staging.hash(target)
+        provenance.commit(
+            context,
+            started,
+            staging,
+            paths,
+            inputs={"sft_dataset": summary["sft_dataset_sha256"], "test_instructions": summary["test_set_sha256"]},
+            outputs={"qc_summary": target},
+            params=config.model_dump(),
+            row_count=len(rows),
+            metrics={m: v["value"] for m, v in summary["metrics"].items()} | {"test_overlap": overlapping_rows},
+        )
     per_shard = [{"shard": k, **v} for k, v in summary["per_shard"].items()]
     yield dg.MaterializeResult(
         metadata={
@@ -88,17 +103,18 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
             "per_shard": dg.MetadataValue.md(markdown_table(per_shard, list(per_shard[0]))),
             "response_lengths": dg.MetadataValue.md(plots.markdown_image(png, "response lengths")),
         },
-        data_version=dg.DataVersion(content_hash[:16]),
+        data_version=dg.DataVersion(summary_hash[:16]),
     )
     yield from qc_check_results("qc_summary", summary)
     yield dg.AssetCheckResult(
         check_name="test_overlap",
         passed=not overlaps,
         metadata={
-            "value": len(overlaps),
+            "value": overlapping_rows,
             "threshold": 0,
+            "method": "DuckDB SQL audit of the merged file against the test set (n-grams, exact, jaccard)",
             "flagged_examples": dg.MetadataValue.md(
-                markdown_table(overlaps[:10], ["id", "instruction", "response_excerpt", "why"])
+                markdown_table(overlaps[:10], ["id", "field", "instruction", "test_instruction", "why"])
             ),
         },
     )

@@ -7,10 +7,12 @@ import polars as pl
 from pydantic import Field
 
 from ..config import PROFILE
-from ..core.io import atomic_path, atomic_write_jsonl, read_jsonl, sha256_file
+from ..core.artifacts import manifest_path, read_manifest
+from ..core.io import content_hash, read_jsonl
 from ..core.merge import cost_summary, merge_shards
 from ..core.report import markdown_table
-from ..core.shards import read_rows
+from ..core.shards import PRODUCER as SHARD_PRODUCER
+from ..core.shards import read_shard
 from ..resources import ProvenanceResource, Stage1Paths
 from .scale_shards import SHARD_PARTITIONS
 
@@ -22,12 +24,11 @@ class SftDatasetConfig(dg.Config):
     budget: float = Field(default=100.0, ge=0.0, description="Budget for all shards, same currency.")
 
 
-def _shard_accelerator_seconds(provenance: ProvenanceResource) -> dict[str, float]:
-    rows = provenance.store().query(
-        """SELECT partition_key, arg_max(accelerator_seconds, recorded_at) AS seconds FROM records
-           WHERE asset_key = 'scale_shards' AND kind = 'materialization' GROUP BY partition_key"""
-    )
-    return {r["partition_key"]: r["seconds"] or 0.0 for r in rows}
+def _accelerator_seconds(shard_manifest: dict) -> float:
+    """GPU time the shard took to generate, from its manifest (CPU time is not rented accelerator time)."""
+    if not str(shard_manifest.get("device")).startswith("cuda"):
+        return 0.0
+    return float(shard_manifest.get("generation_seconds") or 0.0)
 
 
 @dg.asset(
@@ -61,32 +62,40 @@ def sft_dataset(
     missing = [k for k, p in shard_paths.items() if not p.exists()]
     if missing:
         raise dg.Failure(f"shards not materialized yet: {missing}; backfill scale_shards first")
-    rows = [row for k in keys for row in read_rows(shard_paths[k])]
-    test_path = paths.fetch("test_instructions.jsonl")
+    for path in shard_paths.values():
+        paths.store().fetch(manifest_path(path))
+    # each shard is checked against the hash and row count its producer recorded, then parsed field by field
+    rows = [row for k in keys for row in read_shard(shard_paths[k])]
+    shard_manifests = {k: read_manifest(p, SHARD_PRODUCER) for k, p in shard_paths.items()}
+    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
     tests = [r["instruction"] for r in read_jsonl(test_path, required=("instruction",))]
     merged = merge_shards(rows, tests)
     kept = [{c: r[c] for c in SFT_COLUMNS} for r in merged.kept]
-    target = atomic_write_jsonl(paths.path("stage1_sft_data.jsonl"), kept)
-    with atomic_path(paths.path("stage1_sft_data.parquet")) as tmp:
-        pl.DataFrame(
-            kept, schema={c: pl.Float64 if c == "critic_score" else pl.String for c in SFT_COLUMNS}
-        ).write_parquet(tmp)
-    atomic_write_jsonl(paths.path("sft_removed.jsonl"), merged.removed)
-    paths.publish(paths.path("stage1_sft_data.parquet"), paths.path("sft_removed.jsonl"), target)
-    content_hash = sha256_file(target)
-    cost = cost_summary(_shard_accelerator_seconds(provenance), len(keys), len(kept),
+    cost = cost_summary({k: _accelerator_seconds(m) for k, m in shard_manifests.items()}, len(keys), len(kept),
                         config.price_per_accelerator_hour, config.budget)  # fmt: skip
     removed_by_step = merged.removed_by_step
-    provenance.record(
-        context,
-        started,
-        inputs={f"shard:{k}": sha256_file(p) for k, p in shard_paths.items()}
-        | {"test_instructions": sha256_file(test_path)},
-        outputs={"sft_dataset": (paths.location(target), content_hash)},
-        params=config.model_dump() | {"profile": PROFILE.name},
-        row_count=len(kept),
-        metrics={"input_pairs": len(rows), "removed_by_step": removed_by_step, "cost": cost},
-    )
+    target = paths.path("stage1_sft_data.jsonl")
+    with paths.staging() as staging:  # visible only together with the provenance record
+        staging.write_jsonl(target, kept)
+        with staging.writing(paths.path("stage1_sft_data.parquet")) as tmp:
+            pl.DataFrame(
+                kept, schema={c: pl.Float64 if c == "critic_score" else pl.String for c in SFT_COLUMNS}
+            ).write_parquet(tmp)
+        staging.write_jsonl(paths.path("sft_removed.jsonl"), merged.removed)
+        staging.manifest(target, "sft_dataset", rows=len(kept))
+        dataset_hash = staging.hash(target)
+        provenance.commit(
+            context,
+            started,
+            staging,
+            paths,
+            inputs={f"shard:{k}": m["sha256"] for k, m in shard_manifests.items()}
+            | {"test_instructions": content_hash(test_path)},
+            outputs={"sft_dataset": target},
+            params=config.model_dump() | {"profile": PROFILE.name},
+            row_count=len(kept),
+            metrics={"input_pairs": len(rows), "removed_by_step": removed_by_step, "cost": cost},
+        )
     yield dg.MaterializeResult(
         metadata={
             "row_count": len(kept),
@@ -94,7 +103,7 @@ def sft_dataset(
             "removed_critic_rejected": removed_by_step.get("critic_rejected", 0),
             "removed_duplicate": removed_by_step.get("duplicate", 0),
             "removed_test_overlap": removed_by_step.get("test_overlap", 0),
-            "content_hash": content_hash,
+            "content_hash": dataset_hash,
             "path": dg.MetadataValue.path(paths.location(target)),
             "spend_so_far": cost["spend"],
             "spend_per_1000_accepted": cost["spend_per_1000_accepted"] or 0.0,
@@ -105,7 +114,7 @@ def sft_dataset(
                 markdown_table(merged.removed[:10], ["id", "step", "why", "instruction"])
             ),
         },
-        data_version=dg.DataVersion(content_hash[:16]),
+        data_version=dg.DataVersion(dataset_hash[:16]),
     )
     yield dg.AssetCheckResult(
         check_name="budget_projection",

@@ -9,7 +9,7 @@ from pydantic import Field
 from ..config import PROFILE, InstructionSamplingConfig
 from ..core import prompts
 from ..core.generation import Generator
-from ..core.io import atomic_write_jsonl, read_jsonl, sha256_file
+from ..core.io import content_hash, read_jsonl
 from ..core.pairs import generate_instructions
 from ..core.report import markdown_table
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
@@ -30,7 +30,7 @@ def _from_file(path: Path) -> tuple[list[dict], dict]:
     # rows without an id are numbered like generated ones; a clash with a given id is refused too
     rows = read_jsonl(path, required=("instruction",), default_id=lambda n: f"test-{n:04d}")
     out = [{"id": str(r["id"]), "instruction": r["instruction"].strip(), "source": str(path)} for r in rows]
-    return out, {"source": "file", "source_file": str(path), "source_sha256": sha256_file(path)}
+    return out, {"source": "file", "source_file": str(path), "source_sha256": content_hash(path)}
 
 
 @dg.asset(
@@ -66,30 +66,33 @@ def test_instructions(
         rows = [{"id": f"test-{n:04d}", "instruction": t, "source": "generated"} for n, t in enumerate(texts, 1)]
         params = {"source": "generated", **config.model_dump(exclude={"source_file"})}
     target = paths.path("test_instructions.jsonl")
-    atomic_write_jsonl(target, rows)
-    paths.publish(target)
-    content_hash = sha256_file(target)
-    provenance.record(
-        context,
-        started,
-        inputs={"base_model": lm.info.fingerprint},
-        outputs={"test_instructions": (paths.location(target), content_hash)},
-        model_fingerprint=lm.info.fingerprint,
-        params=params,
-        prompt_version=prompts.prompt_version(),
-        row_count=len(rows),
-        metrics={"removed": removed},
-        device=lm.info.device,
-    )
+    with paths.staging() as staging:  # the set and its manifest appear together with the provenance record
+        staging.write_jsonl(target, rows)
+        staging.manifest(target, "test_instructions", rows=len(rows))
+        test_set_hash = staging.hash(target)
+        provenance.commit(
+            context,
+            started,
+            staging,
+            paths,
+            inputs={"base_model": lm.info.fingerprint},
+            outputs={"test_instructions": target},
+            model_fingerprint=lm.info.fingerprint,
+            params=params,
+            prompt_version=prompts.prompt_version(),
+            row_count=len(rows),
+            metrics={"removed": removed},
+            device=lm.info.device,
+        )
     return dg.MaterializeResult(
         metadata={
             "row_count": len(rows),
             "path": dg.MetadataValue.path(paths.location(target)),
-            "content_hash": content_hash,
+            "content_hash": test_set_hash,
             "source": params["source"],
             "removed_by_filter": dg.MetadataValue.json(removed),
             "prompt_version": prompts.prompt_version(),
             "preview": dg.MetadataValue.md(markdown_table(rows[:10], ["id", "instruction"])),
         },
-        data_version=dg.DataVersion(content_hash[:16]),
+        data_version=dg.DataVersion(test_set_hash[:16]),
     )

@@ -1,4 +1,4 @@
-"""Typed, validated parameters with the DESIGN.md defaults.
+"""Typed, validated parameters with the validated defaults of docs/METHOD.md.
 
 These are plain pydantic models so that `core` runs without Dagster (on the GPU box, in
 benchmarks). The Dagster run-config classes in `stage1_assets.config` inherit from them, so a
@@ -48,18 +48,47 @@ class ResponseSampling(SamplingParams):
     max_new_tokens: int = Field(default=100, ge=1, le=2048, description="Generation length cap.")
 
 
+CRITIC_RULES = ("runaway", "content_free", "restated", "arithmetic")
+CRITIC_SIGNALS = ("answer", "pmi_mean")
+
+
 class CriticParams(Strict):
-    confidence_threshold: float = Field(
-        default=1.0,
-        ge=-10.0,
-        le=10.0,
+    signal: str = Field(
+        default="answer",
         description=(
-            "A pair is accepted when its critic score reaches this value. The score is the "
-            "per-token pointwise mutual information of the response with its instruction, in "
-            "nats/token (see core/critic.py); shuffled responses score near or below 0."
+            "The critic's score (core/critic.py): answer, the base model's evidence that the response is a "
+            "finished, relevant answer that reads like the good demonstrations and adds to the request (nats); "
+            "pmi_mean, the earlier per-token PMI (nats/token), which favours short answers that echo the request."
         ),
     )
+    contrast_weight: float = Field(
+        default=10.0, ge=0.0, le=100.0, description="Weight of the good-vs-bad-document contrast in `answer`."
+    )
+    novelty_weight: float = Field(
+        default=2.0, ge=0.0, le=100.0, description="Weight of the share of new informative words in `answer`."
+    )
+    confidence_threshold: float = Field(
+        default=1.5,
+        ge=-100.0,
+        le=100.0,
+        description="A pair is accepted when no rule rejects it and its score reaches this value (nats for the "
+        "answer signal; chosen on the development half of the control set).",
+    )
+    rules: list[str] = Field(
+        default_factory=lambda: list(CRITIC_RULES),
+        description=f"Rules that reject a response before its score is looked at, of {list(CRITIC_RULES)} "
+        "(core/response_rules.py).",
+    )
     batch_size: int = Field(default=16, ge=1, le=4096, description="Pairs per forward pass.")
+
+    @model_validator(mode="after")
+    def _known_signal_and_rules(self) -> CriticParams:
+        if self.signal not in CRITIC_SIGNALS:
+            raise ValueError(f"signal: {self.signal!r} is not one of {list(CRITIC_SIGNALS)}")
+        unknown = [r for r in self.rules if r not in CRITIC_RULES]
+        if unknown:
+            raise ValueError(f"rules: {unknown} not among {list(CRITIC_RULES)}")
+        return self
 
 
 class QCThresholds(Strict):
@@ -79,6 +108,25 @@ class QCThresholds(Strict):
     runaway_max_chars: int = Field(
         default=500, ge=1, description="A response longer than this many characters counts as runaway."
     )
+    min_length_ratio: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Warn when the median length of accepted answers is below this share of the rejected ones'.",
+    )
+    min_critic_pairwise_accuracy: float = Field(
+        default=0.85,
+        ge=0.5,
+        le=1.0,
+        description="On the held-out labelled control set, the critic must rank good above bad this often.",
+    )
+    min_critic_rejection: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="On the held-out control set, the critic must reject this share of each of the restated, "
+        "content-free and runaway responses.",
+    )
     min_critic_discrimination: float = Field(
         default=0.75,
         ge=0.5,
@@ -95,6 +143,10 @@ class Profile(Strict):
     num_shards: int = Field(ge=1, le=10_000, description="Scale shards (one Dagster partition each).")
     generation_batch_size: int = Field(ge=1, le=4096)
     epochs: int = Field(ge=1, le=100)
+    eval_if_prompts: int | None = Field(
+        default=None, ge=1, description="Verifiable-instruction prompts evaluated (None: all)."
+    )
+    eval_qa_questions: int | None = Field(default=None, ge=1, description="Reference questions evaluated (None: all).")
 
     @model_validator(mode="after")
     def _shards_fit(self) -> Profile:
@@ -116,6 +168,8 @@ PROFILES: dict[str, Profile] = {
         num_shards=3,
         generation_batch_size=16,
         epochs=1,
+        eval_if_prompts=40,
+        eval_qa_questions=20,
     ),
     "full": Profile(
         name="full",
@@ -125,6 +179,8 @@ PROFILES: dict[str, Profile] = {
         num_shards=10,
         generation_batch_size=256,
         epochs=3,
+        eval_if_prompts=None,
+        eval_qa_questions=None,
     ),
 }
 

@@ -1,445 +1,163 @@
-"""Log-probability critic: does the response answer *this* instruction?
+"""The critic: is this response a good answer to this request? The clean base model's verdict.
 
-Score = per-token pointwise mutual information of the response with its instruction,
+Two stages, both without sampling:
+1. Rules (`core.response_rules`) reject what a likelihood cannot see as bad: an echo of the
+   request, a content-free sentence, a response that starts a new prompt, a wrong stated result.
+2. A score from the base model reading few-shot documents (`SIGNALS`). The default, `answer`, adds
+   up four pieces of evidence, in nats:
+     end       log p(the next request begins | request, response) in the document of good answers:
+               a finished answer is followed by the next request; a truncated one, one that runs on
+               into a new prompt or rambles off is not
+     pmi       per-token log p(response | request) - log p(response | no request): relevance
+     contrast  per-token log p(response | good-answer document) - log p(response | bad-answer
+               document): does it read like the good demonstrations or like the careless ones
+     novelty   the share of the response's informative words the request does not contain: a
+               paraphrase of the request adds none
+   A pair is accepted when no rule fired and the score reaches `confidence_threshold`.
 
-    pmi = [log p(response | shots, instruction) - log p(response | shots, no instruction)] / tokens
-
-in nats per response token, from the clean base model, no sampling. A response that answers its
-instruction becomes much more likely once the instruction is seen (pmi well above 0); a fluent but
-unrelated response does not (pmi near 0); so does a generic answer that fits any instruction. The
-alternative, a "Yes"/"No" verdict prompt, barely discriminates on a 270M base model (DESIGN.md:
-real > shuffled in 14 of 24 pairs vs 24 of 24 for PMI).
-
-Both contexts share the few-shot document, whose KV cache is computed once and reused by every
-batch; only the short instruction/response suffixes are run, and the output projection is
-applied to response positions only (the 262k-token vocabulary dominates the cost otherwise).
+The signals and weights were chosen on the development half of the labelled control set, where
+per-token PMI alone (the earlier critic) ranked a good answer above a bad one in 57% of
+comparisons and preferred echoes and short answers; `bench/bench_critic_signals.py` prints the
+comparison, and the `critic_quality` check measures the result on the held-out half.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
-from itertools import chain, islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AttentionInterface
 
 from . import prompts
-from .generation import _cache_kwarg
+from .config import CriticParams
+from .io import sha256_file, stable_hash
+from .response_rules import novelty, rule_reason
+from .scoring import LogprobScorer
 
-LOGIT_CHUNK = 1024  # response positions projected onto the vocabulary at once: 1024 x 262k fp32 logits = 1 GiB
-ENCODE_CHUNK = 2048  # pairs tokenized at once; packed, the GPU runs the batches before them meanwhile
-PACK_BLOCK = 128  # flex attention's tile; a packed batch is a whole number of tiles
-PACKED_ATTENTION = "stage1_packed_prefix"
-# Below this many pairs a call stays padded. Measured on an H100 (BENCHMARKS.md, critic): packed and
-# compiled, 1,500 pairs take 0.83 s (padded: 1.78 s) and 16,384 take 6.8 s (padded: 16.7 s), about
-# 0.6 ms less per pair, after a compilation of ~7 s with a warm compile cache (~25 s cold): the two
-# meet near 10,000 pairs with a warm cache.
-COMPILE_MIN_PAIRS = 10_000
-# architectures whose decoder takes one prepared mask per layer type (full / sliding window)
-PACKED_MODEL_TYPES = frozenset({"gemma3_text"})
+CRITIC_VERSION = "critic-v2"
+# the files whose content decides every verdict: any edit makes a different critic
+CRITIC_SOURCES = ("critic.py", "response_rules.py", "runaway.py", "scoring.py")
+# what follows a finished response in the shots documents: scoring it asks "does the answer end here?"
+RESPONSE_END = "\n\nInstruction:"
+BAD_HEADER = (
+    "Below are requests sent to a careless assistant, each followed by a poor response: it repeats the request, "
+    "says nothing, gets the facts wrong, stops halfway or rambles off topic.\n\n"
+)
+
+
+@cache
+def critic_fingerprint() -> str:
+    """CRITIC_VERSION and a hash of the code and documents the critic is made of: equal fingerprints give
+    equal verdicts for the same model and parameters (a pilot's shards check it; cached reports key on it)."""
+    here = Path(__file__).resolve().parent
+    files = [here / name for name in CRITIC_SOURCES]
+    files += [prompts.EXEMPLARS_DIR / name for name in (prompts.QA_SHOTS, prompts.BAD_SHOTS)]
+    return f"{CRITIC_VERSION}-{stable_hash([sha256_file(f) for f in files])[:12]}"
+
+
+@dataclass
+class Evidence:
+    """What the base model says about one response (sums and means over its tokens, in nats)."""
+
+    end: float  # log p(RESPONSE_END | good document, request, response)
+    pmi: float  # mean over response tokens of log p(. | request) - log p(. | no request)
+    contrast: float  # mean over response tokens of log p(. | good document) - log p(. | bad document)
+    novelty: float  # share of informative words not in the request's task
+    cond_logprob: float  # mean log p(token | good document, request)
+    uncond_logprob: float  # mean log p(token | good document, no request)
+    tokens: int
+
+
+def answer_score(e: Evidence, params: CriticParams) -> float:
+    return e.end + e.pmi + params.contrast_weight * e.contrast + params.novelty_weight * e.novelty
+
+
+SIGNALS = {
+    "answer": answer_score,
+    # the earlier critic, kept as a reference: it rewards short answers that echo the request
+    "pmi_mean": lambda e, params: e.pmi,
+}
 
 
 @dataclass
 class CriticScore:
-    score: float  # pmi in nats/token: the value compared with confidence_threshold
-    cond_logprob: float  # mean log p(token | shots, instruction)
-    uncond_logprob: float  # mean log p(token | shots)
+    score: float  # the configured signal, compared with confidence_threshold
+    pmi: float  # per-token PMI, nats/token, for reference
+    cond_logprob: float
+    uncond_logprob: float
     response_tokens: int
+    rule: str | None  # the rule that rejected the response, with why
     accepted: bool
+
+    @property
+    def rank_key(self) -> tuple[int, float]:
+        """Orders verdicts: a response a rule rejects ranks below any it does not, then by score."""
+        return (0 if self.rule else 1, self.score)
+
+    @property
+    def reason(self) -> str:
+        return self.rule or f"score {self.score:.3f}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass
-class _Batch:
-    """One forward pass: decoder inputs, and the state that predicts each response token."""
-
-    rows: torch.Tensor  # indices into the call's rows
-    ids: torch.Tensor
-    positions: torch.Tensor
-    attention: Any  # padding mask (padded) or one flex BlockMask per layer type (packed)
-    cache: Any
-    predicting: tuple[torch.Tensor, torch.Tensor]  # (batch row, position) of each state that predicts a response token
-    targets: torch.Tensor  # the response token each of those states predicts
-    row_of: torch.Tensor  # which of `rows` each response token belongs to
-
-
 class Critic:
-    def __init__(
-        self, model: Any, tokenizer: Any, shots: tuple[prompts.Exemplar, ...], packed: bool | None = None
-    ) -> None:
-        """`packed` picks how rows are batched. False: padded rows, each with its own copy of the
-        shots' KV cache. True: rows packed end to end against one shared copy, with flex attention,
-        and on CUDA each decoder layer compiled. None (the default) packs on CUDA for calls of at
-        least `COMPILE_MIN_PAIRS` pairs, where the faster scoring repays the compilation."""
-        self.model, self.tokenizer = model, tokenizer
-        self.decoder = model.get_decoder()
-        self.device = model.device
-        self.cache_kwarg = _cache_kwarg(model)
-        self.prefix_ids = tokenizer(prompts.shots_document(shots), add_special_tokens=True)["input_ids"]
-        self.supports_packing = model.config.model_type in PACKED_MODEL_TYPES
-        if packed and not self.supports_packing:
-            raise ValueError(f"packed scoring supports {sorted(PACKED_MODEL_TYPES)}, not {model.config.model_type!r}")
-        self.packed = packed
-        self._prefix_cache: Any = None
-        self._compiled: tuple[list[Any], Any] | None = None
+    def __init__(self, model: Any, tokenizer: Any, params: CriticParams | None = None, packed: bool | None = None):
+        self.params = params or CriticParams()
+        shots = prompts.load_pool(prompts.QA_SHOTS)
+        self.good = LogprobScorer(model, tokenizer, prompts.shots_document(shots), packed=packed)
+        bad_shots = prompts.load_pool(prompts.BAD_SHOTS)
+        bad_document = BAD_HEADER + "".join(
+            prompts.PAIR_BLOCK.format(instruction=s.instruction, response=s.response) for s in bad_shots
+        )
+        self.bad = LogprobScorer(model, tokenizer, bad_document, packed=packed)
+        self.end_ids = self.good.encode([RESPONSE_END])[0]
 
-    def packs(self, pairs: int) -> bool:
-        """Whether a call scoring `pairs` pairs runs packed."""
-        if self.packed is not None:
-            return self.packed
-        return self.supports_packing and self.device.type == "cuda" and pairs >= COMPILE_MIN_PAIRS
+    def evidence(self, pairs: Sequence[tuple[str, str]]) -> list[Evidence]:
+        responses = self.good.encode([" " + r.strip() for _, r in pairs])
+        cues = [prompts.RESPONSE_CUE.format(instruction=i.strip()) for i, _ in pairs]
+        batch = 2 * self.params.batch_size
+        ends = len(self.end_ids)
+        scored = self.good.continuation_logprobs(
+            [(c, r + self.end_ids) for c, r in zip(cues, responses, strict=True)]
+            + [(prompts.UNCONDITIONAL_CUE, r) for r in responses],
+            batch,
+        )
+        contrasted = self.params.signal == "answer"
+        bad = self.bad.continuation_logprobs(list(zip(cues, responses, strict=True)), batch) if contrasted else None
+        out = []
+        for k, (instruction, response) in enumerate(pairs):
+            cond, uncond = scored[k][:-ends], scored[len(pairs) + k]
+            out.append(Evidence(
+                end=float(np.sum(scored[k][-ends:])),
+                pmi=_mean(cond - uncond),
+                contrast=_mean(cond - bad[k]) if bad is not None else 0.0,
+                novelty=novelty(instruction, response),
+                cond_logprob=_mean(cond), uncond_logprob=_mean(uncond), tokens=len(cond),
+            ))  # fmt: skip
+        return out
 
     @torch.inference_mode()
-    def _prefix(self) -> Any:
-        """KV cache of the shots document, every position on every layer: the masks of both paths
-        apply the sliding window, so one cache serves both."""
-        if self._prefix_cache is None:
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-            ids = torch.tensor([self.prefix_ids], device=self.device)
-            self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: cache})
-            self._prefix_cache = cache
-        return self._prefix_cache
-
-    def score(self, pairs: Sequence[tuple[str, str]], threshold: float, batch_size: int = 16) -> list[CriticScore]:
-        """Score `pairs`. A batch holds 2 x `batch_size` rows (conditional + unconditional); packed, it
-        holds as many tokens as that many rows of mean length, rounded up to a power of two."""
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[CriticScore]:
         if not pairs:
             return []
-        n = len(pairs)
-        response_tokens = [0] * n
-
-        def rows() -> Iterator[tuple[int, Row]]:
-            """(row, (cue, response)), tokenized a chunk at a time: packed, the GPU runs the first batches
-            while later pairs are tokenized. Rows 0..n-1 are conditional, n..2n-1 unconditional."""
-            unconditional_cue = self._encode([prompts.UNCONDITIONAL_CUE])[0]
-            for start in range(0, n, ENCODE_CHUNK):
-                chunk = pairs[start : start + ENCODE_CHUNK]
-                cues = self._encode([prompts.RESPONSE_CUE.format(instruction=i.strip()) for i, _ in chunk])
-                responses = self._encode([" " + r.strip() for _, r in chunk])
-                for k, (cue, response) in enumerate(zip(cues, responses, strict=True), start):
-                    response_tokens[k] = len(response)
-                    yield k, (cue, response)
-                    yield n + k, (unconditional_cue, response)
-
-        packed = self.packs(n)
-        batches = self._packed_batches if packed else self._padded_batches
-        sums = torch.empty(2 * n, device=self.device)
-        self._prefix()  # run with the model's own attention, before scoring switches it
-        with self._packed_attention(packed):
-            for batch in batches(rows(), 2 * batch_size):
-                sums[batch.rows] = self._response_logprob_sums(batch, packed)
-        per_row = sums.tolist()  # the only device-to-host sync: batches queue up back to back
-        results = []
-        for k, count in enumerate(response_tokens):
-            cond, uncond = per_row[k] / max(count, 1), per_row[n + k] / max(count, 1)
-            results.append(CriticScore(cond - uncond, cond, uncond, count, cond - uncond >= threshold))
-        return results
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-    def _padded_batches(self, tokenized: Iterator[tuple[int, Row]], rows_per_batch: int) -> Iterator[_Batch]:
-        """Rows padded to the longest of their batch, each with its own copy of the prefix cache. All rows
-        are sorted by length together, which keeps each batch's padding small (an unconditional row is
-        shorter than its twin by the instruction)."""
-        rows = dict(tokenized)
-        order = sorted(rows, key=lambda k: -(len(rows[k][0]) + len(rows[k][1])))
-        prefix_len = len(self.prefix_ids)
-        pad = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), rows_per_batch):
-            idx = order[start : start + rows_per_batch]
-            batch = [rows[k] for k in idx]
-            width = max(len(c) + len(r) for c, r in batch)
-            ids = torch.tensor([c + r + [pad] * (width - len(c) - len(r)) for c, r in batch])
-            lengths = torch.tensor([[len(c), len(c) + len(r)] for c, r in batch])
-            position = torch.arange(width)
-            suffix_mask = position < lengths[:, 1:]
-            response_mask = (position >= lengths[:, :1]) & suffix_mask
-            # the token at suffix position p is predicted by the hidden state at p - 1; the first cue
-            # token is never a response token, so every response token has a predicting position.
-            # Indices are computed here on the host: a boolean mask on the device would force a sync.
-            row_of, predicted_at = response_mask[:, 1:].nonzero(as_tuple=True)
-            cache = copy.deepcopy(self._prefix())
-            cache.batch_repeat_interleave(len(batch))
-            attention = torch.cat([torch.ones((len(batch), prefix_len), dtype=torch.long), suffix_mask.long()], dim=1)
-            yield self._on_device(
-                _Batch(
-                    rows=torch.tensor(idx),
-                    ids=ids,
-                    positions=prefix_len + position.expand(len(batch), -1),
-                    attention=attention,
-                    cache=cache,
-                    predicting=(row_of, predicted_at),
-                    targets=ids[row_of, predicted_at + 1],
-                    row_of=row_of,
-                )  # fmt: skip
-            )
-
-    def _packed_batches(self, rows: Iterator[tuple[int, Row]], rows_per_batch: int) -> Iterator[_Batch]:
-        """Rows laid end to end in one sequence of a fixed number of tokens; each row sees the shared
-        prefix and its own earlier tokens, as it would alone (positions restart after the prefix).
-        A batch is laid out on the host while the previous one runs, and goes up in one copy. Its size
-        comes from the first chunk of rows (`pack_tokens`); rows need no sorting, packing leaves no padding."""
-        first = list(islice(rows, 2 * ENCODE_CHUNK))
-        budget = pack_tokens([len(c) + len(r) for _, (c, r) in first], rows_per_batch)
-        prefix_len = len(self.prefix_ids)
-        pad = self.tokenizer.pad_token_id or 0
-        for tokens, pack in pack_rows(chain(first, rows), budget):
-            idx = [k for k, _ in pack]
-            lengths = np.array([len(c) + len(r) for _, (c, r) in pack])
-            cue_lengths = np.array([len(c) for _, (c, _) in pack])
-            layout = pack_layout(lengths, cue_lengths, tokens)
-            ids = np.full(tokens, pad, dtype=np.int64)
-            ids[: lengths.sum()] = list(chain.from_iterable(c + r for _, (c, r) in pack))
-            on_device = self._upload(
-                ids, prefix_len + layout.offsets, layout.row_of, layout.offsets, layout.row_start,
-                layout.predicting, ids[layout.predicting + 1], layout.response_row, np.array(idx),
-            )  # fmt: skip
-            ids, positions, row_of, offsets, row_start, predicting, targets, response_row, idx = on_device
-            masks = {
-                layer_type: packed_block_mask(row_of, offsets, row_start, prefix_len, self._window(layer_type))
-                for layer_type in set(self.model.config.layer_types)
-            }
-            yield _Batch(
-                rows=idx, ids=ids[None], positions=positions[None], attention=masks, cache=None,
-                predicting=(torch.zeros_like(predicting), predicting), targets=targets, row_of=response_row,
-            )  # fmt: skip
-
-    def _upload(self, *arrays: np.ndarray) -> list[torch.Tensor]:
-        """Integer arrays to the device in one copy. Pinned, the copy queues behind the batch that is
-        running; from pageable memory it would wait for it, and the GPU would idle between batches."""
-        host = torch.from_numpy(np.concatenate(arrays).astype(np.int64, copy=False))
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        return list(host.to(self.device, non_blocking=True).split([len(a) for a in arrays]))
-
-    def _window(self, layer_type: str) -> int | None:
-        return self.model.config.sliding_window if layer_type == "sliding_attention" else None
-
-    def _on_device(self, batch: _Batch) -> _Batch:
-        def move(t: Any) -> Any:
-            return t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
-
-        return _Batch(
-            rows=move(batch.rows), ids=move(batch.ids), positions=move(batch.positions),
-            attention=move(batch.attention), cache=batch.cache, predicting=tuple(map(move, batch.predicting)),
-            targets=move(batch.targets), row_of=move(batch.row_of),
-        )  # fmt: skip
-
-    @contextmanager
-    def _packed_attention(self, packed: bool) -> Iterator[None]:
-        """For this call only: the model's attention goes to flex attention over the packed masks, each
-        layer's attention holding its share of the prefix cache (looked up by layer index, it would make
-        every layer a different program for torch.compile), and on CUDA the compiled layers stand in."""
-        if not packed:
-            yield
-            return
-        previous = self.model.config._attn_implementation
-        layers = list(self.decoder.layers)
-        for layer, cached in zip(layers, self._prefix().layers, strict=True):
-            layer.self_attn.stage1_prefix = (cached.keys, cached.values)
-        self.model.set_attn_implementation(PACKED_ATTENTION)
-        if self.device.type == "cuda":
-            for k, compiled in enumerate(self._compiled_layers()):
-                self.decoder.layers[k] = compiled
-        try:
-            yield
-        finally:
-            for k, layer in enumerate(layers):
-                self.decoder.layers[k] = layer
-                del layer.self_attn.stage1_prefix
-            self.model.set_attn_implementation(previous)
-
-    def _compiled_layers(self) -> list[Any]:
-        """Each decoder layer compiled (fusing the fp32 RMSNorms, GELU and rotary embedding between the
-        matmuls): torch.compile shares one program among the layers of a kind, sliding or full."""
-        if self._compiled is None:
-            self._compiled = (
-                [torch.compile(layer, dynamic=False) for layer in self.decoder.layers],
-                torch.compile(self._token_logprobs),
-            )
-        return self._compiled[0]
-
-    @torch.inference_mode()
-    def _response_logprob_sums(self, batch: _Batch, packed: bool) -> torch.Tensor:
-        """Sum of log p(response tokens) after prefix + cue, for each row of `batch` (on the device)."""
-        hidden = self.decoder(
-            input_ids=batch.ids, attention_mask=batch.attention, position_ids=batch.positions,
-            use_cache=batch.cache is not None, **{self.cache_kwarg: batch.cache},
-        ).last_hidden_state  # fmt: skip
-        selected = hidden[batch.predicting]
-        token_logprobs = self._compiled[1] if packed and self._compiled else self._token_logprobs
-        logprobs = torch.cat([
-            token_logprobs(selected[s : s + LOGIT_CHUNK], batch.targets[s : s + LOGIT_CHUNK])
-            for s in range(0, len(batch.targets), LOGIT_CHUNK)
-        ])  # fmt: skip
-        return torch.zeros(len(batch.rows), device=self.device).index_add_(0, batch.row_of, logprobs)
-
-    def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self._logits(hidden).float()
-        return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.model.get_output_embeddings()(hidden)
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        signal, threshold, rules = SIGNALS[self.params.signal], self.params.confidence_threshold, self.params.rules
+        verdicts = []
+        for (instruction, response), e in zip(pairs, self.evidence(pairs), strict=True):
+            rule = rule_reason(instruction, response, tuple(rules)) if rules else None
+            value = signal(e, self.params)
+            verdicts.append(CriticScore(value, e.pmi, e.cond_logprob, e.uncond_logprob, e.tokens, rule,
+                                        rule is None and value >= threshold))  # fmt: skip
+        return verdicts
 
 
-Row = tuple[list[int], list[int]]  # (cue tokens, response tokens)
-
-
-def pack_tokens(lengths: Sequence[int], rows_per_batch: int) -> int:
-    """Tokens per packed batch: about `rows_per_batch` rows of mean length, at least the longest row,
-    rounded up to a power of two so that a few shapes (each a compiled attention kernel) serve every call."""
-    wanted = max(rows_per_batch * sum(lengths) / len(lengths), max(lengths), PACK_BLOCK)
-    return 1 << (math.ceil(wanted) - 1).bit_length()
-
-
-def pack_rows(rows: Iterable[tuple[int, Row]], tokens: int) -> Iterator[tuple[int, list[tuple[int, Row]]]]:
-    """Consecutive runs of `rows` that fit in `tokens` tokens each, as (tokens, run). A row longer than
-    `tokens` raises it (`pack_tokens`) for the rest of the call: one more compiled shape, once."""
-    run: list[tuple[int, Row]] = []
-    used = 0
-    for k, (cue, response) in rows:
-        length = len(cue) + len(response)
-        if used + length > tokens and run:
-            yield tokens, run
-            run, used = [], 0
-        if length > tokens:
-            tokens = pack_tokens([length], 1)
-        run.append((k, (cue, response)))
-        used += length
-    if run:
-        yield tokens, run
-
-
-@dataclass
-class PackedLayout:
-    """Where each token of a packed batch sits. The space after the last row is filler, each filler
-    token a row of its own. One long filler row would attend to itself causally, at a cost quadratic
-    in the unused space: with one, flex attention took 15 ms a layer on average in a 1,500-pair call
-    (three batches, the last half empty) against 1.6 ms in a 16,384-pair call."""
-
-    row_of: np.ndarray  # the row of each token
-    offsets: np.ndarray  # each token's position within its row
-    row_start: np.ndarray  # where each token's row begins
-    predicting: np.ndarray  # the tokens whose states predict a response token
-    response_row: np.ndarray  # the row of each of those
-
-
-def pack_layout(lengths: np.ndarray, cue_lengths: np.ndarray, tokens: int) -> PackedLayout:
-    """Layout of rows of `lengths` tokens (cue then response) packed into `tokens` tokens."""
-    used = int(lengths.sum())
-    row_len = np.concatenate([lengths, np.ones(tokens - used, dtype=lengths.dtype)])
-    starts = np.cumsum(row_len) - row_len
-    row_start = np.repeat(starts, row_len)
-    response_len = lengths - cue_lengths
-    # the token at packed position p is predicted by the state at p - 1
-    first_predicting = starts[: len(lengths)] + cue_lengths - 1
-    within = np.arange(response_len.sum()) - np.repeat(np.cumsum(response_len) - response_len, response_len)
-    return PackedLayout(
-        row_of=np.repeat(np.arange(len(row_len)), row_len),
-        offsets=np.arange(tokens) - row_start,
-        row_start=row_start,
-        predicting=np.repeat(first_predicting, response_len) + within,
-        response_row=np.repeat(np.arange(len(lengths)), response_len),
-    )
-
-
-def packed_block_mask(
-    row_of: torch.Tensor, offsets: torch.Tensor, row_start: torch.Tensor, prefix_len: int, window: int | None
-) -> Any:
-    """Flex-attention mask of a packed batch, built on the device its layout (`PackedLayout`) is on.
-    Keys are the prefix (0..prefix_len-1) then the packed tokens; a token sees the prefix and the
-    earlier tokens of its own row, within `window` positions on sliding-window layers. Tiles of keys
-    that no query of a tile can see are skipped; prefix tiles that every query of a tile sees are
-    "full" (no mask evaluated); the rest are masked element-wise."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    tokens, device = len(row_of), row_of.device
-    key_lo = torch.arange(0, prefix_len + tokens, PACK_BLOCK, device=device)  # first key of each key tile
-    key_hi = torch.clamp(key_lo + PACK_BLOCK, max=prefix_len + tokens)[None] - 1
-    key_lo = key_lo[None]
-    query_tiles = offsets.view(-1, PACK_BLOCK)
-    first_row_start = row_start[::PACK_BLOCK, None]  # own-row keys of a query tile begin at its first row's start
-    query_hi = torch.arange(PACK_BLOCK - 1, tokens, PACK_BLOCK, device=device)[:, None]
-    in_prefix = key_hi < prefix_len
-    seen = (key_lo < prefix_len) | ((key_hi >= prefix_len + first_row_start) & (key_lo <= prefix_len + query_hi))
-    full = in_prefix & seen
-    if window is not None:
-        # a query at offset o sits at position prefix_len + o; a prefix key k is in reach when the distance is < window
-        nearest_query = prefix_len + query_tiles.min(dim=1, keepdim=True).values
-        farthest_query = prefix_len + query_tiles.max(dim=1, keepdim=True).values
-        seen &= ~(in_prefix & (nearest_query - key_hi >= window))
-        full &= seen & (farthest_query - key_lo < window)
-    partial = seen & ~full
-
-    def visible(batch: Any, head: Any, q: Any, kv: Any) -> Any:
-        packed = (kv - prefix_len).clamp(min=0)
-        in_prefix = kv < prefix_len
-        sees = in_prefix | ((row_of[packed] == row_of[q]) & (offsets[packed] <= offsets[q]))
-        if window is None:
-            return sees
-        key_position = torch.where(in_prefix, kv, prefix_len + offsets[packed])
-        return sees & (prefix_len + offsets[q] - key_position < window)
-
-    def ordered(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(count, key-tile indices, in order) of the True tiles of each query tile, as BlockMask takes them."""
-        counts = tiles.sum(dim=1, dtype=torch.int32)
-        indices = torch.argsort((~tiles).to(torch.int8), dim=1, stable=True).to(torch.int32)
-        return counts[None, None], indices[None, None]
-
-    return BlockMask.from_kv_blocks(
-        *ordered(partial), *ordered(full), BLOCK_SIZE=PACK_BLOCK, mask_mod=visible,
-        seq_lengths=(tokens, prefix_len + tokens),
-    )  # fmt: skip
-
-
-@cache
-def _flex_attention(device_type: str) -> Any:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    # compiled, flex attention is one fused kernel that skips masked tiles; uncompiled (CPU) it is
-    # the reference implementation, which is what the tests compare against the padded path
-    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
-
-
-def _packed_prefix_attention(
-    module: Any,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: Any,
-    scaling: float | None = None,
-    softcap: float | None = None,
-    **_: Any,
-) -> tuple[torch.Tensor, None]:
-    """The attention function `Critic` routes the model to while it scores packed batches."""
-    prefix_keys, prefix_values = module.stage1_prefix
-    key, value = torch.cat([prefix_keys, key], dim=2), torch.cat([prefix_values, value], dim=2)
-
-    def capped(score: Any, batch: Any, head: Any, q: Any, kv: Any) -> Any:
-        return softcap * torch.tanh(score / softcap)
-
-    out = _flex_attention(query.device.type)(
-        query, key, value, score_mod=capped if softcap else None, block_mask=attention_mask, scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
-    )  # fmt: skip
-    return out.transpose(1, 2), None
-
-
-AttentionInterface.register(PACKED_ATTENTION, _packed_prefix_attention)
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else 0.0
 
 
 def shuffled_control(pairs: Sequence[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
@@ -469,14 +187,14 @@ class Discrimination:
         return {**asdict(self), "rank_agreement": self.rank_agreement}
 
 
-def discrimination(real: Sequence[float], shuffled: Sequence[float], threshold: float) -> Discrimination:
-    """Compare each real pair's score with its shuffled twin's (same instruction, other response)."""
+def discrimination(real: Sequence[CriticScore], shuffled: Sequence[CriticScore]) -> Discrimination:
+    """Compare each real pair's verdict with its shuffled twin's (same instruction, other response)."""
     n = len(real)
     return Discrimination(
         pairs=n,
-        real_above_shuffled=sum(r > s for r, s in zip(real, shuffled, strict=True)),
-        real_acceptance=sum(r >= threshold for r in real) / n,
-        shuffled_acceptance=sum(s >= threshold for s in shuffled) / n,
-        real_mean_score=sum(real) / n,
-        shuffled_mean_score=sum(shuffled) / n,
+        real_above_shuffled=sum(r.rank_key > s.rank_key for r, s in zip(real, shuffled, strict=True)),
+        real_acceptance=sum(r.accepted for r in real) / n,
+        shuffled_acceptance=sum(s.accepted for s in shuffled) / n,
+        real_mean_score=sum(r.score for r in real) / n,
+        shuffled_mean_score=sum(s.score for s in shuffled) / n,
     )

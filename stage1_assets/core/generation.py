@@ -81,7 +81,7 @@ class GenerationStats:
 BatchCallback = Callable[[list[int], list[Completion]], None]
 
 
-def _cache_kwarg(model: Any) -> str:
+def cache_kwarg(model: Any) -> str:
     """transformers >= 5.2x names the KV cache `cache`; older releases `past_key_values`."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -148,7 +148,7 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.device
-        self.cache_kwarg = _cache_kwarg(model)
+        self.cache_kwarg = cache_kwarg(model)
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
         self.eos_ids = torch.tensor(sorted({int(e) for e in eos_ids if e is not None}), device=self.device)

@@ -121,17 +121,15 @@ def respond_and_score(
     )
     log.info("responses: %.1f generated tokens/s", stats.tokens_per_second)
     responses = [c.text if c else "" for c in completions]
-    scores = Critic(lm.model, lm.tokenizer, shots).score(
-        list(zip(instructions, responses, strict=True)),
-        params.critic.confidence_threshold,
-        params.critic.batch_size,
-    )
+    scores = Critic(lm.model, lm.tokenizer, params.critic).score(list(zip(instructions, responses, strict=True)))
     token_counts = [len(t) for t in lm.tokenizer(responses, add_special_tokens=False)["input_ids"]]
     rows = []
     for row_id, instruction, completion, score, n_tokens in zip(
         ids, instructions, completions, scores, token_counts, strict=True
     ):
         assert completion is not None
+        # an answer cut off by the token limit is unfinished, whatever its score
+        rule = score.rule or ("truncated: stopped at max new tokens" if completion.finish_reason == "length" else None)
         rows.append(
             {
                 "id": row_id,
@@ -141,9 +139,11 @@ def respond_and_score(
                 "response_tokens": n_tokens,
                 "completion_tokens": completion.completion_tokens,
                 "critic_score": round(score.score, 6),
+                "critic_rule": rule,
+                "critic_pmi": round(score.pmi, 6),
                 "cond_logprob": round(score.cond_logprob, 6),
                 "uncond_logprob": round(score.uncond_logprob, 6),
-                "accepted": score.accepted,
+                "accepted": score.accepted and rule is None,
             }
         )
     return rows

@@ -19,6 +19,7 @@ EXEMPLARS_DIR = Path(__file__).resolve().parents[2] / "data" / "exemplars"
 TRAIN_POOL = "train_instructions.jsonl"
 TEST_POOL = "test_instructions.jsonl"
 QA_SHOTS = "qa_shots.jsonl"
+BAD_SHOTS = "critic_bad_shots.jsonl"  # the critic's document of careless answers (core/critic.py)
 
 INSTRUCTION_HEADER = "A list of clear, self-contained requests that people sent to a helpful assistant.\n\n"
 INSTRUCTION_LINE = "Instruction: {instruction}\n"
@@ -50,7 +51,8 @@ class Exemplar:
 
 @cache
 def load_pool(name: str, exemplars_dir: Path = EXEMPLARS_DIR) -> tuple[Exemplar, ...]:
-    required = ("instruction", "response") if name == QA_SHOTS else ("instruction",)
+    # a shots file (good answers, or the critic's bad ones) pairs each instruction with a response
+    required = ("instruction", "response") if name.endswith("shots.jsonl") else ("instruction",)
     rows = read_jsonl(exemplars_dir / name, required=required)
     return tuple(
         Exemplar(
@@ -67,7 +69,7 @@ def load_pool(name: str, exemplars_dir: Path = EXEMPLARS_DIR) -> tuple[Exemplar,
 def prompt_version(exemplars_dir: Path = EXEMPLARS_DIR) -> str:
     templates = [INSTRUCTION_HEADER, INSTRUCTION_LINE, RESPONSE_HEADER, PAIR_BLOCK, RESPONSE_CUE,
                  UNCONDITIONAL_CUE, SFT_CUE, TEMPLATE_DELIMITERS, INSTRUCTION_SHOTS]  # fmt: skip
-    pools = {name: sha256_file(exemplars_dir / name) for name in (TRAIN_POOL, TEST_POOL, QA_SHOTS)}
+    pools = {name: sha256_file(exemplars_dir / name) for name in (TRAIN_POOL, TEST_POOL, QA_SHOTS, BAD_SHOTS)}
     return "p1-" + stable_hash([templates, pools])[:12]
 
 

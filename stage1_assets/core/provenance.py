@@ -13,6 +13,14 @@ append-only log; every host's DuckDB is a local index of it: ingestion (every wr
 query, such as the merge step's) also pulls the log's records that the local database lacks.
 No host ever needs another host's DuckDB file, and one object PUT per record needs no lock.
 
+Commit: `commit(record, staging)` makes a step's outputs and its record visible together. The
+record goes first to `<spool>/.pending/<record_id>.json` with the list of staged files and their
+targets (the journal: if it cannot be written, say on a full disk, nothing is published and the
+step fails with every previous artifact intact); then each staged file is renamed onto its target
+and the journal is renamed into the spool. Renames need no space, so once the journal is written
+the commit completes; if the process dies in between, the next process on this host that touches
+provenance finds the journal of a dead writer and finishes it.
+
 Lineage: an artifact's content hash links the record that output it to the records that took it
 as input; `LINEAGE_SQL` walks that graph back to the base model.
 """
@@ -25,15 +33,19 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import liveness
 from .io import atomic_write_json, stable_hash
 from .storage import ArtifactStore
+
+if TYPE_CHECKING:
+    from .artifacts import Staging
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -88,6 +100,8 @@ ORDER BY l.depth, r.asset_key, r.partition_key
 """
 
 REMOTE_SPOOL = "provenance/spool"
+PENDING_DIR = ".pending"  # journals of commits under way (a hidden folder: never ingested, never published)
+COMMIT_KEY = "_commit"  # in a journal: the staged files to rename, and the process doing it
 
 RECORD_COLUMNS = (
     "record_id", "kind", "status", "run_id", "asset_key", "partition_key", "check_name",
@@ -154,15 +168,71 @@ class ProvenanceStore:
 
     def record(self, rec: ProvenanceRecord) -> str:
         """Durably store `rec`; it is queryable once any process has ingested the spool."""
-        spooled = atomic_write_json(self.spool_dir / f"{rec.record_id}.json", asdict(rec))
+        return self.commit(rec)
+
+    def commit(
+        self, rec: ProvenanceRecord, staging: Staging | None = None, publish: Callable[..., object] | None = None
+    ) -> str:
+        """Publish `staging`'s files and record `rec`, together (see the module's docstring).
+
+        `publish(*targets)` is called after the local commit and before the record goes to the shared
+        log, so that another host never sees a record whose outputs are not in the store yet.
+        """
+        self.recover()
+        moves = staging.moves() if staging is not None else []
+        journal = self.spool_dir / PENDING_DIR / f"{rec.record_id}.json"
+        commit = {"moves": [[str(src), str(dst)] for src, dst in moves], "writer": liveness.identity()}
+        try:
+            atomic_write_json(journal, asdict(rec) | {COMMIT_KEY: commit})
+        except BaseException as exc:
+            if staging is not None:
+                staging.discard()
+            if isinstance(exc, OSError):
+                raise OSError(
+                    exc.errno,
+                    f"{exc.strerror or exc}; provenance could not be recorded, so none of "
+                    "the step's outputs was published (the previous ones are as they were)",
+                ) from exc
+            raise
+        spooled = self._finish(journal, commit)
+        if staging is not None:
+            staging.committed()
+        if publish is not None and moves:
+            publish(*(dst for _, dst in moves))
         self.remote.put(spooled)  # before ingestion removes the local file: other hosts must see it
         # if another process holds the lock, it or the next reader ingests our file
         with contextlib.suppress(TimeoutError):
             self.ingest(timeout_s=min(5.0, self.lock_timeout_s))
         return rec.record_id
 
+    def _finish(self, journal: Path, commit: dict[str, Any]) -> Path:
+        """Rename the staged files of a written journal onto their targets, then the journal into the spool."""
+        for src, dst in commit.get("moves", []):
+            if Path(src).exists():  # a recovery may find some already renamed
+                os.replace(src, dst)
+        spooled = self.spool_dir / journal.name
+        os.replace(journal, spooled)
+        return spooled
+
+    def recover(self) -> int:
+        """Finish the commits of processes that died after writing their journal; returns how many."""
+        pending = self.spool_dir / PENDING_DIR
+        finished = 0
+        for journal in sorted(pending.glob("*.json")) if pending.is_dir() else []:
+            try:
+                commit = json.loads(journal.read_text()).get(COMMIT_KEY, {})
+            except (OSError, ValueError):
+                continue  # finished meanwhile by its writer, or unreadable: left for a person to look at
+            if liveness.state(commit.get("writer")) != "dead":
+                continue  # under way in a live process (or on another host)
+            with contextlib.suppress(FileNotFoundError):
+                self.remote.put(self._finish(journal, commit))
+                finished += 1
+        return finished
+
     def ingest(self, timeout_s: float | None = None) -> int:
         """Move spooled records (this host's, and the shared log's) into DuckDB; returns how many were ingested."""
+        self.recover()
         pending = sorted(self.spool_dir.glob("*.json")) if self.spool_dir.exists() else []
         logged = self._remote_record_keys()
         if not pending and not logged:
@@ -204,10 +274,15 @@ class ProvenanceStore:
         """record_id -> file name of every record in the shared log (empty without a store)."""
         return {PurePosixPath(sub).stem: sub for sub in self.remote.list_files(self.spool_dir) if sub.endswith(".json")}
 
-    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-        """Run a read query after ingesting the spool; rows come back as dicts."""
-        self.ingest(timeout_s=self.lock_timeout_s)
-        with self._connect(timeout_s=self.lock_timeout_s) as con:
+    def query(self, sql: str, params: list[Any] | None = None, timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """Run a read query after ingesting the spool; rows come back as dicts.
+
+        Raises TimeoutError when another process (a user's DuckDB session, say) holds the database
+        for `timeout_s` (default: `lock_timeout_s`).
+        """
+        timeout_s = self.lock_timeout_s if timeout_s is None else timeout_s
+        self.ingest(timeout_s=timeout_s)
+        with self._connect(timeout_s=timeout_s) as con:
             cur = con.execute(sql, params or [])
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
@@ -242,6 +317,7 @@ class ProvenanceStore:
 
 
 def _artifacts(raw: dict[str, Any]) -> dict[str, Any]:
+    raw.pop(COMMIT_KEY, None)
     raw["inputs"] = [Artifact(**a) for a in raw.get("inputs", [])]
     raw["outputs"] = [Artifact(**a) for a in raw.get("outputs", [])]
     return raw

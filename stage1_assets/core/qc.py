@@ -1,22 +1,27 @@
 """QC metrics of generated pairs, each with the examples it flagged (polars).
 
-The runaway heuristic: a response is a runaway when it starts a new prompt turn (a fresh
-"Instruction:", "Q:", "User:", "###" block, a new question...) or is longer than
-`runaway_max_chars`. The earlier `len > 200 chars OR > 3 sentences` rule flagged 46.7% of good
+The runaway heuristic: a response is a runaway when it starts a new prompt (`core.runaway`: a
+fresh "Instruction:"/"Q:"/"User:"/"###" turn, new unlabelled questions, a new task) or is longer
+than `runaway_max_chars`. An earlier `len > 200 chars OR > 3 sentences` rule flagged 46.7% of good
 answers while manual inspection found none: long, detailed answers are not runaways; generating
 a new prompt is.
+
+Length bias: a critic that prefers short answers shows as accepted answers much shorter than
+rejected ones; `length_bias` reports it (a warning, not a gate: short data is not wrong data).
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from . import stats
 from .config import QCThresholds
 from .prompts import TEMPLATE_DELIMITERS
+from .runaway import runaway_reason
 
-# A new turn at the start of a line: the model started writing the next prompt.
-NEW_PROMPT_PATTERN = r"(?im)^\s*(?:#{2,}|(?:instruction|q|question(?:\s*\d+)?|user|human|input|response)\s*[:：])"
 CHECK_NAMES = (
     "runaway_rate",
     "token_limit_rate",
@@ -25,6 +30,8 @@ CHECK_NAMES = (
     "pair_acceptance",
 )
 MAX_FLAGGED_SHOWN = 10
+LENGTH_BUCKETS = (0, 10, 20, 40, 80)  # lower edges, in response tokens
+MIN_LENGTH_BIAS_PAIRS = 5  # score-accepted and score-rejected answers needed before medians are compared
 EXCERPT_CHARS = 160
 
 REQUIRED_COLUMNS = ("id", "instruction", "response", "finish_reason", "response_tokens", "accepted")
@@ -48,13 +55,16 @@ def flag_frame(rows: Sequence[dict[str, Any]], thresholds: QCThresholds) -> Any:
 
     df = _frame(rows)
     response = pl.col("response")
-    new_prompt = response.str.contains(NEW_PROMPT_PATTERN)
+    new_prompt = pl.Series(
+        [runaway_reason(i, r) for i, r in zip(df["instruction"], df["response"], strict=True)], dtype=pl.String
+    )
+    df = df.with_columns(new_prompt=new_prompt)
     too_long = response.str.len_chars() > thresholds.runaway_max_chars
     leaked = pl.any_horizontal([response.str.contains(d, literal=True) for d in TEMPLATE_DELIMITERS])
     return df.with_columns(
-        runaway=new_prompt | too_long,
-        runaway_why=pl.when(new_prompt)
-        .then(pl.lit("starts a new prompt turn: ") + response.str.extract(NEW_PROMPT_PATTERN, 0).str.strip_chars())
+        runaway=pl.col("new_prompt").is_not_null() | too_long,
+        runaway_why=pl.when(pl.col("new_prompt").is_not_null())
+        .then(pl.lit("starts a new prompt (") + pl.col("new_prompt").str.replace(": ", "): ", literal=True))
         .when(too_long)
         .then(pl.format("{} chars > {}", response.str.len_chars(), pl.lit(thresholds.runaway_max_chars))),
         hit_token_limit=pl.col("finish_reason") == "length",
@@ -124,6 +134,43 @@ def qc_summary(rows: Sequence[dict[str, Any]], thresholds: QCThresholds) -> dict
         "passed": all(m["passed"] for m in metrics.values()),
         "thresholds": thresholds.model_dump(),
         "metrics": metrics,
+        "length_bias": length_bias(rows, thresholds.min_length_ratio),
+    }
+
+
+def length_bias(rows: Sequence[dict[str, Any]], min_ratio: float) -> dict[str, Any]:
+    """How the critic's score relates to response length: the correlation of length with score, the median
+    length of score-accepted and score-rejected answers, and acceptance per length bucket. Fails (a
+    warning) when accepted answers are much shorter than rejected ones (median ratio below `min_ratio`).
+
+    Answers a rule rejected (a runaway, a cut-off answer: long by nature) are left out of the comparison:
+    the question is whether the *score* prefers short answers. With fewer than `MIN_LENGTH_BIAS_PAIRS`
+    answers on either side there is nothing to compare, and the check passes saying so."""
+    judged = [r for r in rows if not r.get("critic_rule")]
+    accepted = [int(r["response_tokens"]) for r in judged if r["accepted"]]
+    rejected = [int(r["response_tokens"]) for r in judged if not r["accepted"]]
+    comparable = min(len(accepted), len(rejected)) >= MIN_LENGTH_BIAS_PAIRS
+    accepted_median = statistics.median(accepted) if accepted else math.nan
+    rejected_median = statistics.median(rejected) if rejected else math.nan
+    ratio = accepted_median / rejected_median if comparable and rejected_median else math.nan
+    scored = [(int(r["response_tokens"]), r["critic_score"]) for r in judged if r.get("critic_score") is not None]
+    buckets = []
+    for low, high in zip(LENGTH_BUCKETS, (*LENGTH_BUCKETS[1:], None), strict=True):
+        inside = [r for r in rows if r["response_tokens"] >= low and (high is None or r["response_tokens"] < high)]
+        if inside:
+            label = f"{low}–{high - 1}" if high is not None else f"{low}+"
+            buckets.append({"tokens": label, "pairs": len(inside),
+                            "acceptance": sum(bool(r["accepted"]) for r in inside) / len(inside)})  # fmt: skip
+    return {
+        "pearson_tokens_score": stats.pearson([t for t, _ in scored], [s for _, s in scored]),
+        "accepted_median_tokens": accepted_median,
+        "rejected_median_tokens": rejected_median,
+        "median_ratio": ratio,
+        "min_ratio": min_ratio,
+        "rule_rejected": len(rows) - len(judged),
+        "comparable": comparable,
+        "passed": bool(not comparable or ratio >= min_ratio),
+        "by_length": buckets,
     }
 
 

@@ -1,4 +1,5 @@
-"""Four shard runs at once, shared by the concurrency test and the idempotence test that follows it."""
+"""Four shard runs at once, shared by the concurrency test and the idempotence test that follows it; a models
+folder with which tiny-model pilots are quick."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +16,13 @@ import pytest
 import yaml
 
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
-from stage1_assets.core.io import atomic_write_json, atomic_write_jsonl
 from stage1_assets.core.model_loader import fingerprint_dir
 from stage1_assets.core.pairs import GenerationParams
 from stage1_assets.core.provenance import ProvenanceStore
+from stage1_assets.definitions import defs
+from stage1_assets.resources import DEFAULT_MODELS_DIR
 
-from .support import REPO
+from .support import REPO, TINY_PILOT_CONFIG, passing_pilot, tiny_resources, write_test_set
 
 CONCURRENT_SHARDS = ("shard-000", "shard-001", "shard-002", "shard-003")
 PAIRS_PER_SHARD = 2
@@ -69,12 +72,8 @@ def instance_home(tmp: Path) -> Path:
 def concurrent_shards(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> ConcurrentShards:
     tmp = tmp_path_factory.mktemp("concurrent")
     data, fingerprint = tmp / "data", fingerprint_dir(embedded_dir)
-    atomic_write_jsonl(data / "test_instructions.jsonl",
-                       [{"id": "test-0001", "instruction": "What causes ocean tides on Earth?"}])  # fmt: skip
-    atomic_write_json(data / "pilot/001/session_manifest.json", {
-        "iteration": "001", "checks_passed": True, "model_fingerprint": fingerprint,
-        "generation": PARAMS.as_dict(), "pairs_sha256": "pilot-hash",
-    })  # fmt: skip
+    write_test_set(data)
+    passing_pilot(data, fingerprint, PARAMS)
     home = instance_home(tmp)
     # the `full` profile has ten shard partitions; one thread per process, as runs sharing a host
     env = {**os.environ, "DAGSTER_HOME": str(home), "STAGE1_DATA_DIR": str(data), "STAGE1_PROFILE": "full",
@@ -105,3 +104,36 @@ def concurrent_shards(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Pa
     with dg.DagsterInstance.from_config(str(home)) as instance:
         materialized = instance.get_materialized_partitions(dg.AssetKey("scale_shards"))
     return ConcurrentShards(data, home, fingerprint, outputs, json.loads(out), records, materialized)
+
+
+@pytest.fixture(scope="session")
+def tiny_pilot_models(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The models folder, its critic-controls cache holding the tiny model's report: pilots on the tiny model then
+    take seconds. The report takes minutes on a CPU the first time, as for any new model; one pilot run warms it,
+    and it lasts (the tiny model is the same in every session)."""
+    import torch
+
+    data, models = tmp_path_factory.mktemp("tiny-pilot") / "data", Path(DEFAULT_MODELS_DIR)
+    write_test_set(data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = dg.materialize([defs.get_assets_def("pilot_data")], resources=tiny_resources(data, tiny_model_dir, models),
+                            run_config={"ops": {"pilot_data": {"config": TINY_PILOT_CONFIG}}},
+                            raise_on_error=False)  # fmt: skip
+    torch.set_num_threads(threads)
+    assert (data / "pilot" / "001" / "session_manifest.json").exists(), result.all_events[-1]
+    return models
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model in this process on one thread: it gains nothing from more, and on shared cores extra
+    threads spin (a tenfold slowdown on a loaded 2-core machine). The CLI runs get OMP_NUM_THREADS=1."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -15,13 +15,12 @@ import torch
 from stage1_assets.assets.scale_shards import SHARD_PARTITIONS
 from stage1_assets.core.config import SamplingParams
 from stage1_assets.core.generation import MB, MEMORY_CEILING_ENV, Generator
-from stage1_assets.core.io import atomic_write_jsonl
 from stage1_assets.core.provenance import ProvenanceStore
 from stage1_assets.definitions import defs
 from stage1_assets.resources import ProvenanceResource, Stage1Paths
 
 from ..test_generation import PROMPTS
-from .support import synthetic_shard_rows, tree, write_merge_inputs
+from .support import synthetic_shard_rows, tree, write_merge_inputs, write_shard
 
 SAMPLING = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=6, stop_sequences=["\x00"])
 
@@ -123,7 +122,7 @@ def test_full_disk_fails_the_step_naming_the_path_and_leaves_the_old_artifact(tm
     resources = {"paths": Stage1Paths(data_dir=str(data)),
                  "provenance": ProvenanceResource(db_path=str(data / "provenance.duckdb"))}  # fmt: skip
     assert dg.materialize([defs.get_assets_def("sft_dataset")], resources=resources).success
-    atomic_write_jsonl(data / "shards" / keys[0] / "pairs.jsonl", synthetic_shard_rows(keys[0], 12, seed=99))
+    write_shard(data, keys[0], synthetic_shard_rows(keys[0], 12, seed=99))
     before = outputs(data)
 
     def disk_full_half_way(self: Path, payload: bytes) -> int:

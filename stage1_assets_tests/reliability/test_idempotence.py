@@ -2,7 +2,8 @@
 
 Which of the two: a shard whose spec (count, seed, parameters, model, prompts) is unchanged is
 *reused* (`reused_existing_shard`, no generation); the merge is *reproduced* (recomputed, and
-deterministic, so byte-identical). Runs on the shards the concurrency test generated.
+deterministic, so byte-identical). A finished shard is replaced by one of another seed only with
+`overwrite`, and kept aside. Runs on the shards the concurrency test generated.
 """
 
 import dagster as dg
@@ -30,8 +31,8 @@ def test_unchanged_shard_is_reused_merge_reproduced_and_a_new_seed_leaves_the_ol
     }
     store = ProvenanceStore(data / "provenance.duckdb")
 
-    def shard(seed_base: int) -> dict:
-        config = {"count": PAIRS_PER_SHARD, "seed_base": seed_base}
+    def shard(seed_base: int, **options) -> dict:
+        config = {"count": PAIRS_PER_SHARD, "seed_base": seed_base, **options}
         result = dg.materialize([defs.get_assets_def("scale_shards")], partition_key=SHARD, resources=resources,
                                 run_config={"ops": {"scale_shards": {"config": config}}})  # fmt: skip
         [event] = result.get_asset_materialization_events()
@@ -48,8 +49,10 @@ def test_unchanged_shard_is_reused_merge_reproduced_and_a_new_seed_leaves_the_ol
     old_merge = merge()
     assert merge() == old_merge, "an unchanged merge reproduces its bytes"
 
-    changed = shard(seed_base=200_000)
+    changed = shard(seed_base=200_000, overwrite=True)  # without overwrite: refused (test_parameter_change)
     assert not changed["reused_existing_shard"] and changed["seed"] == 200_000
+    kept = data / "shards" / SHARD / "superseded" / changed["set_aside"].rsplit("/", 1)[1] / "pairs.jsonl"
+    assert sha256_file(kept) == old_shard, "the replaced shard is kept under its spec hash"
     assert changed["content_hash"] != old_shard
     assert sha256_file(data / "shards" / SHARD / "pairs.jsonl") == changed["content_hash"]
     new_merge = merge()
