@@ -61,9 +61,9 @@ def test_invalid_values_name_the_field_and_range(model, values, field):
 def test_profile_refuses_zero_or_too_many_shards():
     with pytest.raises(ValidationError, match="num_shards"):
         Profile(name="x", test_count=1, pilot_count=2, total_pairs=10, num_shards=0,
-                generation_batch_size=1, epochs=1)  # fmt: skip
+                generation_batch_size=1, epochs=1, train_batch_size=1)  # fmt: skip
     with pytest.raises(ValidationError, match="must not exceed total_pairs"):
         Profile(name="x", test_count=1, pilot_count=2, total_pairs=3, num_shards=5,
-                generation_batch_size=1, epochs=1)  # fmt: skip
+                generation_batch_size=1, epochs=1, train_batch_size=1)  # fmt: skip
     with pytest.raises(ValueError, match="STAGE1_PROFILE='huge'"):
         get_profile("huge")

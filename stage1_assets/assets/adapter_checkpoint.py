@@ -19,6 +19,7 @@ METRICS_FILE = "training_metrics.json"
 
 class AdapterConfig(dg.Config, TrainingParams):
     epochs: int = Field(default=PROFILE.epochs, ge=1, le=100)
+    batch_size: int = Field(default=PROFILE.train_batch_size, ge=1, le=1024, description="Sequences per micro-batch.")
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
 
 
