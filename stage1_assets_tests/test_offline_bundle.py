@@ -1,6 +1,7 @@
 """The offline bundle for air-gapped hosts: build a small one, install it batch by batch into a fresh
 virtualenv, verify the sums, and resume after a lost chunk."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -79,3 +80,26 @@ def test_a_corrupt_chunk_is_refused_and_named(bundle, fresh_python, tmp_path):
     assert result.returncode == 1
     assert f"{victim.name} (batch 1): sha256 does not match the manifest" in result.stdout
     assert "installed in all: 1 of 2" in result.stdout  # toposort is whole and goes in
+
+
+@pytest.fixture(scope="module")
+def bundle_module():
+    spec = importlib.util.spec_from_file_location("offline_bundle", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_host_package_at_a_version_the_pipeline_refuses_is_carried(bundle_module, tmp_path):
+    """transformers 5.17 on the GPU image converts the embedded tokenizer wrongly: it must travel."""
+    host = tmp_path / "host.txt"
+    host.write_text("# image\ntransformers==5.17.0\nsix==1.16.0\nTokenizers == 0.23.2\ntoposort\n")
+    have = bundle_module.host_packages(host)
+    assert have == {"transformers": "5.17.0", "six": "1.16.0", "tokenizers": "0.23.2", "toposort": None}
+    wanted = ["transformers>=5.24", "six>=1.16", "tokenizers<0.24", "toposort>=9"]
+    assert bundle_module.host_falls_short(wanted, have) == {"transformers"}
+
+
+def test_the_gpu_host_file_makes_the_default_build_carry_transformers(bundle_module):
+    have = bundle_module.host_packages(REPO / "scripts" / "hosts" / "nvidia-h200.txt")
+    assert "transformers" in bundle_module.host_falls_short(list(bundle_module.DEFAULT_REQUIREMENTS), have)

@@ -179,7 +179,8 @@ PROFILES: dict[str, Profile] = {
         pilot_count=200,
         total_pairs=15_000,
         num_shards=10,
-        generation_batch_size=256,
+        # the batch at which the engine peaks on an H200/H100 (BENCHMARKS.md); memory back-off splits it
+        generation_batch_size=1024,
         epochs=3,
         # batch 8 leaves an H200 idle between kernel launches (~9,000 steps for 15k pairs); 64 is the
         # batch the QLoRA benchmark measures

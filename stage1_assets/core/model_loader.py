@@ -46,10 +46,30 @@ EMBEDDED_NAME = "gemma-3-270m"
 
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+# What the embedded model's own tokenizer makes of one line. transformers 5.17 converts this GGUF's
+# tokenizer to one that splits text into single characters: the model then writes garbage that never
+# stops, and nothing downstream says why.
+TOKENIZER_CANARY = "Instruction: Name three facts about whales.\nResponse: They breathe air."
+TOKENIZER_CANARY_IDS = (
+    74279, 236787, 7343, 1806, 10797, 1003, 64527, 236761, 107, 6126, 236787, 2195, 38893, 2634, 236761
+)  # fmt: skip
 
 
 class ModelSourceError(ValueError):
     """The model source cannot be resolved (missing path, no hub)."""
+
+
+def check_embedded_tokenizer(tokenizer: Any) -> None:
+    """Refuse a converted tokenizer that does not encode like the embedded model's own."""
+    import transformers
+
+    got = tuple(tokenizer(TOKENIZER_CANARY, add_special_tokens=False)["input_ids"])
+    if got != TOKENIZER_CANARY_IDS:
+        raise ModelSourceError(
+            f"the embedded model's tokenizer converted by transformers {transformers.__version__} encodes "
+            f"{TOKENIZER_CANARY!r} as {len(got)} tokens {list(got[:8])}..., expected {len(TOKENIZER_CANARY_IDS)} "
+            f"tokens {list(TOKENIZER_CANARY_IDS[:8])}...; install transformers>=5.24 (see pyproject.toml)"
+        )
 
 
 @dataclass
@@ -142,21 +162,30 @@ def materialize_embedded(models_dir: Path) -> tuple[Path, bool]:
         gguf_sha = sha256_file(gguf)
         digest_cache.write_text(f"{gguf_sha} {stamp}\n")
     target = Path(models_dir) / f"{EMBEDDED_NAME}-{gguf_sha[:16]}"
-    if (target / "config.json").exists():
-        return target, False
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    if (target / "config.json").exists():
+        source_record = target / "stage1_source.json"
+        if not json.loads(source_record.read_text()).get("tokenizer_checked"):  # converted by older code
+            try:
+                check_embedded_tokenizer(AutoTokenizer.from_pretrained(target))
+            except ModelSourceError as exc:
+                raise ModelSourceError(f"{target}: delete this converted copy; {exc}") from None
+        return target, False
 
     log.info("converting %s to safetensors in %s (one-time, ~40 s)", gguf.name, target)
     staging = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    check_embedded_tokenizer(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
     )
     model.config._name_or_path = EMBEDDED_NAME
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    atomic_write_json(staging / "stage1_source.json", {"gguf": gguf.name, "gguf_sha256": gguf_sha})
+    record = {"gguf": gguf.name, "gguf_sha256": gguf_sha, "tokenizer_checked": True}
+    atomic_write_json(staging / "stage1_source.json", record)
     try:
         os.replace(staging, target)  # atomic: a concurrent converter that lost the race cleans up
     except OSError:
