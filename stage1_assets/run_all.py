@@ -13,6 +13,10 @@ import dagster as dg
 
 from .definitions import defs
 
+# the terminal gets the assets' own lines (progress, decisions) and failures; every event, DEBUG
+# included, stays in the run's log in the UI
+CONSOLE_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
 
 def _assets_by_stage() -> tuple[list[dg.AssetsDefinition], list[dg.AssetsDefinition], list[dg.AssetsDefinition]]:
     assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
@@ -37,6 +41,9 @@ def _assets_by_stage() -> tuple[list[dg.AssetsDefinition], list[dg.AssetsDefinit
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # weight-loading bars would bury the progress lines
     instance = dg.DagsterInstance.get()
     resources = defs.resources or {}
     checks = list(defs.asset_checks or [])
@@ -57,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             instance=instance,
             resources=resources,
             partition_key=partition_key,
+            run_config=CONSOLE_INFO,
             raise_on_error=False,
         )
         status = "ok" if result.success else "FAILED"

@@ -108,14 +108,17 @@ def test_critic_quality_on_the_held_out_controls_with_the_embedded_model(real_mo
 
 @pytest.mark.slow
 def test_per_token_pmi_fails_the_quality_targets_the_shipped_critic_meets(real_model):
-    """The control set can tell critics apart: the earlier per-token PMI without rules does not pass."""
+    """The control set can tell critics apart: the earlier critic (per-token PMI, threshold 1.0, no rules)
+    ranks near chance and lets restatements through."""
     thresholds = QCThresholds()
-    old = Critic(real_model.model, real_model.tokenizer, CriticParams(signal="pmi_mean", rules=[]))
+    earlier = CriticParams(signal="pmi_mean", rules=[], confidence_threshold=1.0)
+    old = Critic(real_model.model, real_model.tokenizer, earlier)
     quality = critic_controls.critic_quality(
         old, thresholds.min_critic_pairwise_accuracy, thresholds.min_critic_rejection
     )
     assert not quality["passed"]
-    assert quality["per_kind"]["restated"]["rejected"] < 0.5
+    assert quality["pairwise_accuracy"] < 0.7  # ranking does not depend on the threshold: 0.563 measured
+    assert quality["per_kind"]["restated"]["rejected"] < thresholds.min_critic_rejection
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """`adapter_checkpoint`: a LoRA (QLoRA on CUDA) adapter trained on the SFT dataset, resumable."""
 
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,12 @@ class AdapterConfig(dg.Config, TrainingParams):
     epochs: int = Field(default=PROFILE.epochs, ge=1, le=100)
     batch_size: int = Field(default=PROFILE.train_batch_size, ge=1, le=1024, description="Sequences per micro-batch.")
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+
+
+def log_training_step(context: dg.AssetExecutionContext, record: dict, line: str) -> None:
+    """A line where validation loss is measured (every `checkpoint_every` steps and the last): one per step floods."""
+    if "val_loss" in record:
+        context.log.info(f"train loss {record['train_loss']:.3f}, val loss {record['val_loss']:.3f}; {line}")
 
 
 def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
@@ -92,7 +97,7 @@ def adapter_checkpoint(
     else:
         result = train_adapter(
             lm.info.path, lm.tokenizer, rows, out_dir, params, device=lm.info.device, max_steps=config.max_steps,
-            on_step=lambda r: context.log.info(json.dumps(r)),
+            on_step=lambda record, line: log_training_step(context, record, line),
         )  # fmt: skip
         metrics = result.metrics | {"history": result.history, "spec": spec}
         png = plots.loss_curve(result.history)

@@ -49,6 +49,7 @@ from .io import (
 )
 from .model_loader import LoadedModel
 from .pairs import GenerationParams, generate_instructions, respond_and_score
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,7 @@ def run_shard(
     else:
         log.info(f"{key}: generating {count} pairs in {len(starts)} batches of up to {params.batch_size}")
     resumed, generated = len(done), 0
+    progress = Progress(count, "pairs", already_done=resumed_pairs)
     rows: list[dict[str, Any]] = []
     for b, start in enumerate(starts):
         if b in done:
@@ -346,7 +348,8 @@ def run_shard(
         on_change(batch_path)
         rows += batch_rows
         generated += 1
-        log.info(f"{key}: batch {b} done ({len(rows)}/{count} pairs)")
+        line = progress.advance(len(batch_rows), sum(r.get("completion_tokens", 0) for r in batch_rows))
+        log.info(f"{key}: batch {b + 1}/{len(starts)} done: {line}")
     ids = [r["id"] for r in rows]
     if len(rows) != count or len(set(ids)) != count:
         raise RuntimeError(f"{key}: assembled {len(rows)} rows ({len(set(ids))} unique ids), expected {count}")

@@ -33,6 +33,7 @@ from pydantic import Field
 from . import prompts
 from .config import Strict
 from .io import atomic_write_json
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +244,12 @@ def train_adapter(
     params: TrainingParams,
     device: str = "cpu",
     max_steps: int | None = None,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[dict[str, Any], str], None] | None = None,
 ) -> TrainingResult:
-    """Train (or resume training) a LoRA adapter on `rows`; `out_dir` becomes a PEFT adapter directory."""
+    """Train (or resume training) a LoRA adapter on `rows`; `out_dir` becomes a PEFT adapter directory.
+
+    `on_step(record, progress_line)` sees every optimizer step's record (loss, lr, val_loss where measured).
+    """
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(params.seed)
@@ -285,6 +289,7 @@ def train_adapter(
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     started, trained_tokens = time.perf_counter(), 0
+    progress, tokens_at_last_step = Progress(total_steps, "steps", already_done=step), 0
     micro_in_step = 0
     for epoch in range(params.epochs):
         batches = epoch_batches([len(e.input_ids) for e in train], params.batch_size, params.seed, epoch)
@@ -312,8 +317,10 @@ def train_adapter(
             if step % params.checkpoint_every == 0 or step == total_steps or b == len(batches) - 1:
                 record["val_loss"] = mean_loss(model, val, params.batch_size, pad_id)
             history.append(record)
+            line = progress.advance(1, trained_tokens - tokens_at_last_step)
+            tokens_at_last_step = trained_tokens
             if on_step:
-                on_step(record)
+                on_step(record, line)
             if step % params.checkpoint_every == 0 and step < total_steps:
                 save_checkpoint(out_dir, model, optimizer, scheduler, step, micro_done, history)
 

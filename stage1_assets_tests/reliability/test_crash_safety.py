@@ -232,7 +232,7 @@ params = TrainingParams(epochs=3, batch_size=2, checkpoint_every=2, learning_rat
 pace = (lambda record: time.sleep(0.3)) if mode == "pace" else None
 result = train_adapter(model_dir, AutoTokenizer.from_pretrained(model_dir), json.loads(Path(rows_file).read_text()),
                        Path(out), params, device="cpu",
-                       on_step=lambda r: (print(json.dumps(r), flush=True), pace and pace(r)))
+                       on_step=lambda r, _line: (print(json.dumps(r), flush=True), pace and pace(r)))
 print(json.dumps({"done": result.metrics["steps"], "resumed_from": result.resumed_from_step,
                   "losses": [h["train_loss"] for h in result.history]}), flush=True)
 """
