@@ -120,8 +120,8 @@ def test_pilot_shards_and_merge_across_hosts(tmp_path, monkeypatch, postgres_ser
     pilot_files = {f"pilot/001/{n}" for n in pilot_names}
     assert keys - spool == {"base_model.json", "test_instructions.jsonl", "test_instructions.jsonl.manifest.json",
                             *pilot_files, *shard_files, "stage1_sft_data.jsonl", "stage1_sft_data.jsonl.manifest.json",
-                            "stage1_sft_data.parquet", "sft_removed.jsonl", "qc_summary.json", "qc_summary.json.manifest.json",
-                            "qc_response_lengths.png"}  # fmt: skip
+                            "stage1_sft_data.parquet", "sft_removed.jsonl", "qc_summary.json",
+                            "qc_summary.json.manifest.json", "qc_response_lengths.png"}  # fmt: skip
 
     # provenance: host D's DuckDB, fed by the shared log, holds every host's records ...
     prov = ProvenanceStore(tmp_path / "host-d" / "provenance.duckdb", store_url=store)
