@@ -30,11 +30,27 @@ ASK = "Which planet is the hottest in our solar system?"
         ("Venus.\n\nCalculate the total bill with the tip included.", "new_task"),
         ("Venus.\n### Product 2\nWrite a two-sentence description for a leather case.", "new_task"),
         ("The answer is 0.941 g.\n\nA) 6.25 = 0.941\nB) 6.25 = 0.00941\nC) 6.25 = 0.0941", "multiple_choice"),
+        ("Venus is the hottest. Question 2: Which planet is the coldest?", "labelled_turn"),
+        ("Venus. Q: Which planet has rings?", "labelled_turn"),
     ],
 )
 def test_new_prompts_are_flagged_with_the_rule_that_fired(response, rule):
     reason = runaway_reason(ASK, response)
     assert reason is not None and reason.startswith(rule + ":"), reason
+
+
+@pytest.mark.parametrize(
+    ("instruction", "response"),
+    [
+        ("Convert 5 km to miles.", "About 3.1 miles.\n\nConvert 10 km to miles."),
+        ("Translate 'cat' into Spanish.", "Gato.\n\nTranslate 'dog' into Spanish."),
+        ("Give a synonym for happy.", "Joyful.\n\n2. Give a synonym for sad."),
+        ("Name a mammal that lives in the sea.", "A dolphin.\n3. Name a bird that cannot fly."),
+    ],
+)
+def test_the_request_again_or_a_numbered_next_task_is_a_new_task(instruction, response):
+    reason = runaway_reason(instruction, response)
+    assert reason is not None and reason.startswith("new_task:"), reason
 
 
 @pytest.mark.parametrize(
@@ -55,6 +71,11 @@ def test_new_prompts_are_flagged_with_the_rule_that_fired(response, rule):
         ("Pick the right option: A) 3 B) 4", "B) 4.\nA) would be too small."),
         ("What is 12 x 4?", "12 x 4 = 48."),
         ("Q and A: which letter follows P?", "Q is the 17th letter; the question: is it a vowel? No."),
+        ("Write tips for writing well.", "Write every day.\nWrite short sentences.\nRead your draft aloud."),
+        ("Convert 5 km to miles.", "About 3.1 miles: multiply 5 by 0.621.\nConvert other distances the same way."),
+        ("List the steps to bake bread.", "1. Mix flour, water, salt and yeast.\n2. Knead for ten minutes.\n"
+         "3. Let it rise, shape it, and bake at 220 °C."),
+        ("Explain what a question mark is for.", "It ends a direct question. Example: Are you coming?"),
     ],
 )
 def test_good_answers_are_not_flagged(instruction, response):
