@@ -7,13 +7,11 @@ import dagster as dg
 from pydantic import Field
 
 from ..config import PROFILE
-from ..core import plots
+from ..core import layout, plots
 from ..core.io import content_hash, read_json, read_jsonl, stable_hash
 from ..core.training import ADAPTER_FILES, TrainingParams, train_adapter
 from ..k8s import GPU_TAGS
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
-
-METRICS_FILE = "training_metrics.json"
 
 
 class AdapterConfig(dg.Config, TrainingParams):
@@ -34,7 +32,7 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
     Overlap comes from the QC summary's own test-set check; the summary must describe the current
     dataset and the current test set. Returns the dataset's sha256.
     """
-    qc_path = paths.fetch("qc_summary.json")
+    qc_path = paths.fetch(layout.QC_SUMMARY)
     if not qc_path.exists():
         raise dg.Failure(f"{qc_path} does not exist: materialize qc_summary (and pass its checks) before training")
     summary = read_json(qc_path, {"sft_dataset_sha256": str, "metrics": dict, "test_overlap": dict},
@@ -52,7 +50,7 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
             "refusing to train on a dataset that failed QC: " + "; ".join(failed) + ". Open the failed "
             "qc_summary checks in the UI for the flagged examples."
         )
-    if summary.get("test_set_sha256") != content_hash(paths.fetch("test_instructions.jsonl")):
+    if summary.get("test_set_sha256") != content_hash(paths.fetch(layout.TEST_SET)):
         raise dg.Failure(f"{qc_path} was computed against another test set: re-materialize qc_summary first")
     return dataset_hash
 
@@ -80,20 +78,20 @@ def adapter_checkpoint(
     provenance: ProvenanceResource,
 ) -> dg.MaterializeResult:
     started = time.perf_counter()
-    sft_path = paths.fetch_verified("stage1_sft_data.jsonl", producer="sft_dataset")  # as the merge recorded it
+    sft_path = paths.fetch_verified(layout.SFT_DATASET, producer="sft_dataset")  # as the merge recorded it
     dataset_hash = qc_gate(paths, sft_path)
     rows = read_jsonl(sft_path, required=("instruction", "response"))
     lm = model.load()
     params = TrainingParams(**config.model_dump(exclude={"max_steps"}))
     spec = {"dataset": dataset_hash, "base_model": lm.info.fingerprint, "params": params.model_dump(),
             "max_steps": config.max_steps}  # fmt: skip
-    out_dir = paths.fetch_dir("adapters", stable_hash(spec)[:16])  # an adapter another host trained is reused
-    metrics_path = out_dir / METRICS_FILE
+    out_dir = paths.fetch_dir(layout.ADAPTERS, stable_hash(spec)[:16])  # an adapter another host trained is reused
+    metrics_path = out_dir / layout.TRAINING_METRICS
     staging = paths.staging()
     if metrics_path.exists():
         context.log.info(f"{out_dir} already holds an adapter trained with this spec; reusing it")
         metrics = read_json(metrics_path, {"steps": int}, what=f"; delete {out_dir} to train again")
-        png = (out_dir / "loss_curve.png").read_bytes()
+        png = (out_dir / layout.LOSS_CURVE).read_bytes()
     else:
         result = train_adapter(
             lm.info.path, lm.tokenizer, rows, out_dir, params, device=lm.info.device, max_steps=config.max_steps,
@@ -101,7 +99,7 @@ def adapter_checkpoint(
         )  # fmt: skip
         metrics = result.metrics | {"history": result.history, "spec": spec}
         png = plots.loss_curve(result.history)
-        staging.write_bytes(out_dir / "loss_curve.png", png)
+        staging.write_bytes(out_dir / layout.LOSS_CURVE, png)
         staging.write_json(metrics_path, metrics)  # its presence marks a finished adapter: committed with provenance
     paths.publish(*(out_dir / name for name in ADAPTER_FILES))
     adapter_hash = content_hash(out_dir, ADAPTER_FILES)

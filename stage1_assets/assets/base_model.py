@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 
+from ..core import layout
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
 
@@ -27,7 +28,7 @@ def base_model(
     started = time.perf_counter()
     info = model.load().info
     with paths.staging() as staging:  # base_model.json appears together with the provenance record
-        staging.write_json(paths.path("base_model.json"), info.as_dict())
+        staging.write_json(paths.path(layout.BASE_MODEL), info.as_dict())
         provenance.commit(
             context,
             started,

@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from ..config import PROFILE, CriticConfig, ResponseSamplingConfig
-from ..core import critic_controls, pilot, plots, prompts
+from ..core import critic_controls, layout, pilot, plots, prompts
 from ..core.config import CriticParams, ResponseSampling
 from ..core.critic import critic_fingerprint
 from ..core.evaluation import EvalItems, EvalParams, evaluate, headline, markdown_report, verdict_line
@@ -53,7 +53,7 @@ def _latest_adapter_dir(context: dg.AssetExecutionContext) -> str:
 
 def _training_critic(paths: Stage1Paths) -> CriticParams | None:
     """The critic of the pilot the shards reuse by default: the filter the training data went through."""
-    manifest = pilot.latest_passing_manifest(paths.fetch_dir("pilot", pattern=f"*/{pilot.MANIFEST}"))
+    manifest = pilot.latest_passing_manifest(paths.fetch_dir(layout.PILOT, pattern=f"*/{pilot.MANIFEST}"))
     return CriticParams(**manifest["generation"]["critic"]) if manifest else None
 
 
@@ -97,7 +97,7 @@ def eval_report(
     from transformers import AutoModelForCausalLM
 
     started = time.perf_counter()
-    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
+    test_path = paths.fetch_verified(layout.TEST_SET, producer="test_instructions")
     suite, questions = load_suite(), load_questions()
     items = EvalItems(
         select_subset(suite, config.instruction_following_prompts or len(suite), config.subset_seed),
@@ -105,7 +105,7 @@ def eval_report(
         read_jsonl(test_path, required=("instruction",)),
     )
     # the adapter's folder name is its spec hash; its files come from the store when there is one
-    adapter_dir = paths.fetch_dir("adapters", PurePosixPath(_latest_adapter_dir(context)).name)
+    adapter_dir = paths.fetch_dir(layout.ADAPTERS, PurePosixPath(_latest_adapter_dir(context)).name)
     lm = model.load()
     adapter_guard = model.guard_adapter(adapter_dir)
     fresh_base = AutoModelForCausalLM.from_pretrained(lm.info.path, dtype=lm.model.dtype).to(lm.info.device)
@@ -134,7 +134,7 @@ def eval_report(
         "response tokens (held-out test instructions)",
     )
     markdown = markdown_report(report, plots.markdown_image(png, "response lengths"))
-    json_path = paths.path("eval_report.json")
+    json_path = paths.path(layout.EVAL_JSON)
     iff, qa = report["instruction_following"], report["reference_qa"]
     summary = {
         "if_n": iff["n"], "if_sft": iff["sft"]["pass_rate"], "if_base": iff["base"]["pass_rate"],
@@ -143,8 +143,8 @@ def eval_report(
         "judge_wins": jd["wins"], "judge_losses": jd["losses"], "judge_trust": jd["trust"]["pairwise_accuracy"],
     }  # fmt: skip
     with paths.staging() as staging:  # visible only together with the provenance record
-        staging.write_bytes(paths.path("eval_lengths.png"), png)
-        staging.write_text(paths.path("eval_report.md"), markdown)
+        staging.write_bytes(paths.path(layout.EVAL_PLOT), png)
+        staging.write_text(paths.path(layout.EVAL_MARKDOWN), markdown)
         staging.write_json(json_path, report)
         report_hash = staging.hash(json_path)
         provenance.commit(
@@ -177,7 +177,7 @@ def eval_report(
             "judge_is_training_filter": jd["is_training_filter"],
             "judge_trust": jd["trust"]["pairwise_accuracy"],
             "report": dg.MetadataValue.md(markdown),
-            "path": dg.MetadataValue.path(paths.location(paths.path("eval_report.md"))),
+            "path": dg.MetadataValue.path(paths.location(paths.path(layout.EVAL_MARKDOWN))),
         },
         data_version=dg.DataVersion(report_hash[:16]),
     )

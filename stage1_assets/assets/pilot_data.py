@@ -16,7 +16,7 @@ import polars as pl
 from pydantic import Field
 
 from ..config import PROFILE, GenerationConfig, QCConfig
-from ..core import critic_controls, pilot, prompts, stats
+from ..core import critic_controls, layout, pilot, prompts, stats
 from ..core.critic import Critic, critic_fingerprint, discrimination, shuffled_control
 from ..core.generation import Generator
 from ..core.io import content_hash, read_jsonl
@@ -122,15 +122,15 @@ def _pilot_iteration(
     on_failure: contextlib.ExitStack,
 ):
     started = time.perf_counter()
-    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
+    test_path = paths.fetch_verified(layout.TEST_SET, producer="test_instructions")
     test_rows = read_jsonl(test_path, required=("instruction",))
     lm = model.load()
     params = GenerationParams(config.instruction_sampling, config.response_sampling, config.critic, config.batch_size)
     generator = Generator(lm.model, lm.tokenizer)
     # every host's iterations count: numbering continues after the store's latest one (claims included)
-    pilot_dir = paths.fetch_dir("pilot", pattern="*/*.json")
+    pilot_dir = paths.fetch_dir(layout.PILOT, pattern="*/*.json")
     iteration = pilot.allocate_iteration(pilot_dir, context.run_id)  # atomic: concurrent runs get distinct ones
-    out_dir = paths.path("pilot", iteration)
+    out_dir = paths.path(layout.PILOT, iteration)
     paths.publish(out_dir / pilot.RUN_FILE)
     context.log.info(f"pilot iteration {iteration} (data/pilot/{iteration}/)")
 
@@ -160,10 +160,10 @@ def _pilot_iteration(
     summary["critic_quality"] = quality
 
     staging = on_failure.enter_context(paths.staging())  # nothing is visible before the commit below
-    pairs_path = staging.write_jsonl(out_dir / "pairs.jsonl", rows)
-    with staging.writing(out_dir / "pairs.parquet") as tmp:
+    pairs_path = staging.write_jsonl(out_dir / layout.PILOT_PAIRS, rows)
+    with staging.writing(out_dir / layout.PILOT_PARQUET) as tmp:
         pl.DataFrame(rows).write_parquet(tmp)
-    staging.write_json(out_dir / "qc_summary.json", summary)
+    staging.write_json(out_dir / layout.PILOT_QC, summary)
     pairs_hash = staging.hash(pairs_path)
     checks_passed = summary["passed"] and disc_passed and quality["passed"]
     manifest = {
@@ -211,7 +211,7 @@ def _pilot_iteration(
             "row_count": len(rows),
             "accepted": sum(r["accepted"] for r in rows),
             "qc_passed": checks_passed,
-            "qc_summary_path": dg.MetadataValue.path(paths.location(out_dir / "qc_summary.json")),
+            "qc_summary_path": dg.MetadataValue.path(paths.location(out_dir / layout.PILOT_QC)),
             "pairs_path": dg.MetadataValue.path(paths.location(pairs_path)),
             "content_hash": pairs_hash,
             "qc": dg.MetadataValue.md(

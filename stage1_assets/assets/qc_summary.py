@@ -5,7 +5,7 @@ import time
 import dagster as dg
 
 from ..config import QCConfig
-from ..core import plots
+from ..core import layout, plots
 from ..core.artifacts import manifest_path
 from ..core.io import content_hash, read_jsonl
 from ..core.overlap_audit import audit_overlap
@@ -42,15 +42,15 @@ from .scale_shards import SHARD_PARTITIONS
 def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage1Paths, provenance: ProvenanceResource):
     started = time.perf_counter()
     keys = SHARD_PARTITIONS.get_partition_keys()
-    shard_paths = [paths.fetch("shards", k, "pairs.jsonl") for k in keys]
+    shard_paths = [paths.fetch(*layout.shard_pairs(k)) for k in keys]
     for path in shard_paths:
         paths.store().fetch(manifest_path(path))
     # every shard checked against its manifest (hash, rows), then each row for the fields QC reads
     shard_types = SHARD_ROW_TYPES | {"instruction": str, "finish_reason": str, "response_tokens": int}
     rows = [r for path in shard_paths for r in read_shard(path, shard_types)]
-    sft_path = paths.fetch_verified("stage1_sft_data.jsonl", producer="sft_dataset")
+    sft_path = paths.fetch_verified(layout.SFT_DATASET, producer="sft_dataset")
     sft_rows = read_jsonl(sft_path, required=("instruction", "response"))
-    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
+    test_path = paths.fetch_verified(layout.TEST_SET, producer="test_instructions")
     read_jsonl(test_path, required=("instruction",))  # refuses a malformed test set by file and line
     # an independent re-derivation (SQL), not the index the merge filtered with: it would find nothing
     by_id = {str(r["id"]): r for r in sft_rows}
@@ -70,7 +70,7 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
     }
     summary["sft_dataset_sha256"] = content_hash(sft_path)
     summary["test_set_sha256"] = content_hash(test_path)
-    target = paths.path("qc_summary.json")
+    target = paths.path(layout.QC_SUMMARY)
     sft_ids = {r["id"] for r in sft_rows}
     png = plots.histogram(
         {"all generated": [r["response_tokens"] for r in rows],
@@ -78,7 +78,7 @@ def qc_summary(context: dg.AssetExecutionContext, config: QCConfig, paths: Stage
         "response tokens",
     )  # fmt: skip
     with paths.staging() as staging:  # visible only together with the provenance record
-        staging.write_bytes(paths.path("qc_response_lengths.png"), png)
+        staging.write_bytes(paths.path(layout.QC_PLOT), png)
         staging.write_json(target, summary)
         staging.manifest(target, "qc_summary")
         summary_hash = staging.hash(target)

@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from ..config import PROFILE
-from ..core import pilot, prompts
+from ..core import layout, pilot, prompts
 from ..core.artifacts import Staging
 from ..core.config import CriticParams, InstructionSampling, ResponseSampling
 from ..core.critic import critic_fingerprint
@@ -117,10 +117,10 @@ def scale_shards(
     started = time.perf_counter()
     key = context.partition_key
     count = config.count or shard_sizes(PROFILE.total_pairs, PROFILE.num_shards)[shard_index(key)]
-    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
+    test_path = paths.fetch_verified(layout.TEST_SET, producer="test_instructions")
     exclude = [r["instruction"] for r in read_jsonl(test_path, required=("instruction",))]
     lm = model.load()
-    pilot_dir = paths.fetch_dir("pilot", pattern=f"*/{pilot.MANIFEST}*")  # manifests and their sidecars
+    pilot_dir = paths.fetch_dir(layout.PILOT, pattern=f"*/{pilot.MANIFEST}*")  # manifests and their sidecars
     manifest = session_manifest(pilot_dir, config.pilot_iteration, lm.info.fingerprint)
     params = params_from_manifest(manifest)
     seed = shard_seed(config.seed_base, key)

@@ -7,6 +7,7 @@ import polars as pl
 from pydantic import Field
 
 from ..config import PROFILE
+from ..core import layout
 from ..core.artifacts import manifest_path, read_manifest
 from ..core.io import content_hash, read_jsonl
 from ..core.merge import cost_summary, merge_shards
@@ -58,7 +59,7 @@ def sft_dataset(
 ):
     started = time.perf_counter()
     keys = SHARD_PARTITIONS.get_partition_keys()
-    shard_paths = {k: paths.fetch("shards", k, "pairs.jsonl") for k in keys}  # from every host, via the store
+    shard_paths = {k: paths.fetch(*layout.shard_pairs(k)) for k in keys}  # from every host, via the store
     missing = [k for k, p in shard_paths.items() if not p.exists()]
     if missing:
         raise dg.Failure(f"shards not materialized yet: {missing}; backfill scale_shards first")
@@ -67,21 +68,21 @@ def sft_dataset(
     # each shard is checked against the hash and row count its producer recorded, then parsed field by field
     rows = [row for k in keys for row in read_shard(shard_paths[k])]
     shard_manifests = {k: read_manifest(p, SHARD_PRODUCER) for k, p in shard_paths.items()}
-    test_path = paths.fetch_verified("test_instructions.jsonl", producer="test_instructions")
+    test_path = paths.fetch_verified(layout.TEST_SET, producer="test_instructions")
     tests = [r["instruction"] for r in read_jsonl(test_path, required=("instruction",))]
     merged = merge_shards(rows, tests)
     kept = [{c: r[c] for c in SFT_COLUMNS} for r in merged.kept]
     cost = cost_summary({k: _accelerator_seconds(m) for k, m in shard_manifests.items()}, len(keys), len(kept),
                         config.price_per_accelerator_hour, config.budget)  # fmt: skip
     removed_by_step = merged.removed_by_step
-    target = paths.path("stage1_sft_data.jsonl")
+    target = paths.path(layout.SFT_DATASET)
     with paths.staging() as staging:  # visible only together with the provenance record
         staging.write_jsonl(target, kept)
-        with staging.writing(paths.path("stage1_sft_data.parquet")) as tmp:
+        with staging.writing(paths.path(layout.SFT_PARQUET)) as tmp:
             pl.DataFrame(
                 kept, schema={c: pl.Float64 if c == "critic_score" else pl.String for c in SFT_COLUMNS}
             ).write_parquet(tmp)
-        staging.write_jsonl(paths.path("sft_removed.jsonl"), merged.removed)
+        staging.write_jsonl(paths.path(layout.SFT_REMOVED), merged.removed)
         staging.manifest(target, "sft_dataset", rows=len(kept))
         dataset_hash = staging.hash(target)
         provenance.commit(

@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from ..config import PROFILE, InstructionSamplingConfig
-from ..core import prompts
+from ..core import layout, prompts
 from ..core.generation import Generator
 from ..core.io import content_hash, read_jsonl
 from ..core.pairs import generate_instructions
@@ -65,7 +65,7 @@ def test_instructions(
         )
         rows = [{"id": f"test-{n:04d}", "instruction": t, "source": "generated"} for n, t in enumerate(texts, 1)]
         params = {"source": "generated", **config.model_dump(exclude={"source_file"})}
-    target = paths.path("test_instructions.jsonl")
+    target = paths.path(layout.TEST_SET)
     with paths.staging() as staging:  # the set and its manifest appear together with the provenance record
         staging.write_jsonl(target, rows)
         staging.manifest(target, "test_instructions", rows=len(rows))

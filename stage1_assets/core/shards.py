@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import prompts
+from . import layout, prompts
 from .artifacts import MANIFEST_SUFFIX, Staging, manifest_path, verify
 from .generation import Generator
 from .io import (
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 SHARD_SEED_STRIDE = 1_000
 PRODUCER = "scale_shards"
-PAIRS, PARQUET, SPEC, INSTRUCTIONS = "pairs.jsonl", "pairs.parquet", "spec.json", "instructions.json"
+PAIRS, PARQUET, SPEC, INSTRUCTIONS = layout.SHARD_PAIRS, "pairs.parquet", "spec.json", "instructions.json"
 BATCHES, SUPERSEDED, DAMAGED, LOCK = "batches", "superseded", "damaged", ".lock"
 # what the merge reads from every row; the QC summary adds its own fields
 SHARD_ROW_TYPES: dict[str, FieldType] = {"id": str, "response": str, "accepted": bool, "critic_score": (int, float)}
