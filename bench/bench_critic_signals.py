@@ -28,11 +28,10 @@ import numpy as np
 
 from stage1_assets.core import critic_controls, model_loader, prompts
 from stage1_assets.core.config import CriticParams
-from stage1_assets.core.critic import BAD_HEADER, Critic
+from stage1_assets.core.critic import BAD_HEADER, RESPONSE_END, Critic
 from stage1_assets.core.response_rules import informative_words, novelty, rule_reason
 from stage1_assets.core.scoring import LogprobScorer
 
-END = "\n\nInstruction:"  # what follows a finished response in the shots document
 BT_HEADER = "Below are answers from a helpful assistant, each followed by the request it answered.\n\n"
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 
@@ -53,8 +52,12 @@ def control_pairs(split: str) -> Pairs:
     found = critic_controls.control_pairs(items)
     found += [{"item": item.id, "kind": OFF_TOPIC, "instruction": item.instruction,
                "response": items[(k + 1) % len(items)].good} for k, item in enumerate(items)]  # fmt: skip
-    return Pairs([p["instruction"] for p in found], [p["response"] for p in found], [p["kind"] for p in found],
-                 [p["item"] for p in found])
+    return Pairs(
+        [p["instruction"] for p in found],
+        [p["response"] for p in found],
+        [p["kind"] for p in found],
+        [p["item"] for p in found],
+    )
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
@@ -69,19 +72,26 @@ def model_signals(lm: model_loader.LoadedModel, pairs: Pairs, samples: int) -> t
     shots = prompts.load_pool(prompts.QA_SHOTS)
     bad_shots = prompts.load_pool(prompts.BAD_SHOTS)
     good = LogprobScorer(lm.model, tok, prompts.shots_document(shots))
-    bad = LogprobScorer(lm.model, tok, BAD_HEADER + "".join(
-        prompts.PAIR_BLOCK.format(instruction=s.instruction, response=s.response) for s in bad_shots))
-    back = LogprobScorer(lm.model, tok, BT_HEADER + "".join(
-        f"Response: {s.response}\nInstruction: {s.instruction}\n\n" for s in shots))
-    end_ids = tok(END, add_special_tokens=False)["input_ids"]
+    bad = LogprobScorer(
+        lm.model,
+        tok,
+        BAD_HEADER
+        + "".join(prompts.PAIR_BLOCK.format(instruction=s.instruction, response=s.response) for s in bad_shots),
+    )
+    back = LogprobScorer(
+        lm.model, tok, BT_HEADER + "".join(f"Response: {s.response}\nInstruction: {s.instruction}\n\n" for s in shots)
+    )
+    end_ids = tok(RESPONSE_END, add_special_tokens=False)["input_ids"]
     responses = [tok(" " + r.strip(), add_special_tokens=False)["input_ids"] for r in pairs.responses]
     cues = [prompts.RESPONSE_CUE.format(instruction=i.strip()) for i in pairs.instructions]
     signals, seconds = {}, {}
 
-    (cond, uncond), seconds["pmi"] = timed(lambda: (
-        good.continuation_logprobs([(c, r + end_ids) for c, r in zip(cues, responses, strict=True)]),
-        good.continuation_logprobs([(prompts.UNCONDITIONAL_CUE, r + end_ids) for r in responses]),
-    ))
+    (cond, uncond), seconds["pmi"] = timed(
+        lambda: (
+            good.continuation_logprobs([(c, r + end_ids) for c, r in zip(cues, responses, strict=True)]),
+            good.continuation_logprobs([(prompts.UNCONDITIONAL_CUE, r + end_ids) for r in responses]),
+        )
+    )
     n_end = len(end_ids)
     body = [(c[:-n_end], u[:-n_end]) for c, u in zip(cond, uncond, strict=True)]
     signals["pmi_mean"] = [float(np.mean(c - u)) for c, u in body]
@@ -91,13 +101,15 @@ def model_signals(lm: model_loader.LoadedModel, pairs: Pairs, samples: int) -> t
     signals["pmi_sum_with_end"] = [float(np.sum(c - u)) for c, u in zip(cond, uncond, strict=True)]
 
     bad_cond, seconds["contrastive"] = timed(
-        lambda: bad.continuation_logprobs([(c, r) for c, r in zip(cues, responses, strict=True)]))
+        lambda: bad.continuation_logprobs([(c, r) for c, r in zip(cues, responses, strict=True)])
+    )
     signals["contrastive_mean"] = [float(np.mean(c - b)) for (c, _), b in zip(body, bad_cond, strict=True)]
 
     def back_translation() -> list[float]:
         asked = [" " + i.strip() for i in pairs.instructions]
         given = back.continuation_logprobs(
-            [(f"Response: {r.strip()}\nInstruction:", a) for r, a in zip(pairs.responses, asked, strict=True)])
+            [(f"Response: {r.strip()}\nInstruction:", a) for r, a in zip(pairs.responses, asked, strict=True)]
+        )
         alone = back.continuation_logprobs([("Response: …\nInstruction:", a) for a in asked])
         return [float(np.mean(g - a)) for g, a in zip(given, alone, strict=True)]
 
@@ -126,15 +138,18 @@ def model_signals(lm: model_loader.LoadedModel, pairs: Pairs, samples: int) -> t
             params = ResponseSampling(temperature=0.7, max_new_tokens=60)
             prompts_ = [prompts.response_prompt(i, shots) for i in unique for _ in range(samples)]
             done, _ = Generator(lm.model, tok).generate(prompts_, params, batch_size=32, seed=5)
-            drawn = {i: [informative_words(done[k * samples + s].text) for s in range(samples)]
-                     for k, i in enumerate(unique)}
+            drawn = {
+                i: [informative_words(done[k * samples + s].text) for s in range(samples)] for k, i in enumerate(unique)
+            }
 
             def f1(a: set, b: set) -> float:
                 common = len(a & b)
                 return 2 * common / (len(a) + len(b)) if common else 0.0
 
-            return [float(np.mean([f1(informative_words(r), d) for d in drawn[i]]))
-                    for i, r in zip(pairs.instructions, pairs.responses, strict=True)]
+            return [
+                float(np.mean([f1(informative_words(r), d) for d in drawn[i]]))
+                for i, r in zip(pairs.instructions, pairs.responses, strict=True)
+            ]
 
         signals["sample_agreement"], seconds["samples"] = timed(agreement)
     return signals, seconds
@@ -143,8 +158,10 @@ def model_signals(lm: model_loader.LoadedModel, pairs: Pairs, samples: int) -> t
 def derived_signals(signals: dict, pairs: Pairs) -> dict:
     """Signals computed from the model's (no model work): the shipped formula's pieces and sums."""
     new = [novelty(i, r) for i, r in zip(pairs.instructions, pairs.responses, strict=True)]
-    base = [e + m + 10 * c for e, m, c in
-            zip(signals["end_logprob"], signals["pmi_mean"], signals["contrastive_mean"], strict=True)]
+    base = [
+        e + m + 10 * c
+        for e, m, c in zip(signals["end_logprob"], signals["pmi_mean"], signals["contrastive_mean"], strict=True)
+    ]
     return {"zero": [0.0] * len(new), "novelty": new, "end_pmi_contrast": base,
             "answer": [b + 2 * n for b, n in zip(base, new, strict=True)]}  # fmt: skip
 
@@ -186,8 +203,10 @@ CANDIDATES = [
 
 def rank_keys(pairs: Pairs, signal: Sequence[float], rules: tuple[str, ...] | None) -> list[tuple[int, float]]:
     """(passes the rules, signal): a pair a rule rejects ranks below every pair it does not."""
-    fired = [rules is not None and rule_reason(i, r, rules) is not None
-             for i, r in zip(pairs.instructions, pairs.responses, strict=True)]
+    fired = [
+        rules is not None and rule_reason(i, r, rules) is not None
+        for i, r in zip(pairs.instructions, pairs.responses, strict=True)
+    ]
     return [(0 if f else 1, s) for f, s in zip(fired, signal, strict=True)]
 
 
@@ -228,15 +247,22 @@ def evaluate(pairs: Pairs, keys: list[tuple[int, float]], threshold: float) -> d
 
 def markdown(results: dict, split: str) -> str:
     kinds = (*critic_controls.BAD_KINDS, OFF_TOPIC)
-    head = ("| candidate | " + " | ".join(f"{k}: good>bad / acc." for k in kinds)
-            + " | pairwise acc. (6 kinds) | good acc. | threshold | s / 1k pairs |\n|"
-            + "---|" * (len(kinds) + 5) + "\n")
+    head = (
+        "| candidate | "
+        + " | ".join(f"{k}: good>bad / acc." for k in kinds)
+        + " | pairwise acc. (6 kinds) | good acc. | threshold | s / 1k pairs |\n|"
+        + "---|" * (len(kinds) + 5)
+        + "\n"
+    )
     lines = [f"Critic candidates on the {split} half of the control set\n", head]
     for name, r in results.items():
         cells = [f"{r['per_kind'][k]['good_above']:.2f} / {r['per_kind'][k]['accepted']:.2f}" for k in kinds]
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | **{r['pairwise_accuracy']:.3f}** | {r['good_accepted']:.2f} | {r['threshold']:.3g}"
-                     + f" | {r['seconds_per_1000']:.1f} |\n")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | **{r['pairwise_accuracy']:.3f}** | {r['good_accepted']:.2f} | {r['threshold']:.3g}"
+            + f" | {r['seconds_per_1000']:.1f} |\n"
+        )
     return "".join(lines)
 
 
@@ -261,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 cached.write_text(json.dumps([signals_by_split[split], seconds[split]]))
         critic = Critic(lm.model, lm.tokenizer)
         verdicts, seconds[split]["shipped"] = timed(
-            lambda p=p, critic=critic: critic.score(list(zip(p.instructions, p.responses, strict=True))))
+            lambda p=p, critic=critic: critic.score(list(zip(p.instructions, p.responses, strict=True)))
+        )
         signals_by_split[split]["shipped"] = [v.score if v.rule is None else -1e9 for v in verdicts]
         signals_by_split[split] |= derived_signals(signals_by_split[split], p)
     results = {}

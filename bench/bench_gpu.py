@@ -2,23 +2,26 @@
 
 Random weights of a real architecture (throughput does not depend on weight values) with the real
 Gemma 3 tokenizer; random weights never emit a stop sequence, so each prompt gets a length cap
-drawn from a realistic mix (median ~20 tokens, up to 100). The engine and a sequential
-one-prompt-at-a-time `model.generate` loop run on the same prompts, same caps, in the same process.
+drawn from a realistic mix (median ~20 tokens, up to 100). The engine and its peer, plain batched
+`model.generate`, run on the same prompts, caps and batch size, in the same process.
 
 Usage (GPU box, through the device tool): python3 bench/bench_gpu.py --tokenizer-dir DIR --arch 1b
 Locally, for a smoke test: .venv/bin/python bench/bench_gpu.py --tokenizer-dir data/models/<dir> --arch 270m
-    --device cpu --rows 8 --sequential 2 --shard-pairs 8 --train-steps 2
+    --device cpu --rows 8 --shard-pairs 8 --train-steps 2
 """
 
 import argparse
 import gc
 import json
+import logging
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
+import transformers
 
 from stage1_assets.core import prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
@@ -73,32 +76,77 @@ def timed(device: str, fn):
     return out, time.perf_counter() - start
 
 
-def bench_generation(model, tokenizer, device: str, rows: int, batch: int, sequential: int) -> dict:
+def hf_generate_batched(model, tokenizer, device: str, texts: list[str], caps: list[int], batch: int) -> int:
+    """The peer: plain batched `model.generate` on the engine's prompts, caps and batch size, length-sorted
+    batches as the engine makes them. A batch runs to its longest cap; only the rows' own caps count as useful."""
+    order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i])["input_ids"]))
+    useful = 0
+    for start in range(0, len(order), batch):
+        rows = order[start : start + batch]
+        enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True).to(device)
+        longest = max(caps[i] for i in rows)
+        model.generate(**enc, max_new_tokens=longest, min_new_tokens=longest, do_sample=True, temperature=0.4,
+                       top_p=0.9, repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        useful += sum(caps[i] for i in rows)
+    return useful
+
+
+def bench_generation(model, tokenizer, device: str, rows: int, batch: int, peer_rows: int) -> dict:
+    """The engine and plain batched HF `generate` on the same prompts, caps and batch size, in this process."""
     params = ResponseSampling(stop_sequences=list(ResponseSampling().stop_sequences))
     _, texts = response_prompts(rows, seed=1)
     caps = length_caps(rows, seed=2)
     gen = Generator(model, tokenizer)
     gen.generate(texts[:8], params, batch_size=8, seed=0, length_caps=[4] * 8)  # warm-up
     (_, stats), engine_s = timed(device, lambda: gen.generate(texts, params, batch, seed=0, length_caps=caps))
-    seq_tokens = 0
-
-    def sequential_loop():
-        nonlocal seq_tokens
-        for text, cap in zip(texts[:sequential], caps[:sequential], strict=True):
-            enc = tokenizer(text, return_tensors="pt").to(device)
-            out = model.generate(**enc, max_new_tokens=cap, min_new_tokens=cap, do_sample=True, temperature=0.4,
-                                 top_p=0.9, repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            seq_tokens += out.shape[1] - enc["input_ids"].shape[1]
-
-    _, seq_s = timed(device, sequential_loop)
-    engine_tps = stats.generated_tokens / engine_s
-    seq_tps = seq_tokens / seq_s
+    _, breakdown = engine_breakdown(lambda: gen.generate(texts, params, batch, seed=0, length_caps=caps))
+    hf_generate_batched(model, tokenizer, device, texts[:8], [4] * 8, 8)  # warm-up
+    peer_tokens, peer_s = timed(
+        device, lambda: hf_generate_batched(model, tokenizer, device, texts[:peer_rows], caps[:peer_rows], batch)
+    )
+    engine_tps, peer_tps = stats.generated_tokens / engine_s, peer_tokens / peer_s
     return {"rows": rows, "batch_size": batch, "generated_tokens": stats.generated_tokens,
             "engine_seconds": round(engine_s, 2), "engine_tokens_per_s": round(engine_tps, 1),
-            "engine_pairs_per_s": round(rows / engine_s, 2), "sequential_rows": sequential,
-            "sequential_tokens_per_s": round(seq_tps, 1), "speedup_vs_sequential": round(engine_tps / seq_tps, 1),
+            "engine_pairs_per_s": round(rows / engine_s, 2), "engine_breakdown_seconds": breakdown,
+            "hf_generate_rows": peer_rows, "hf_generate_seconds": round(peer_s, 2),
+            "hf_generate_tokens_per_s": round(peer_tps, 1), "engine_over_hf_generate": round(engine_tps / peer_tps, 2),
             "mean_prompt_tokens": round(sum(len(tokenizer(t)["input_ids"]) for t in texts[:64]) / min(64, rows), 1),
             "mean_cap_tokens": round(sum(caps) / rows, 1)}  # fmt: skip
+
+
+def graphs_agree(model, tokenizer, rows: int, batch: int) -> dict:
+    """Completions with the decode step replayed as CUDA graphs, run eagerly, and from plain HF `generate`
+    (greedy), same prompts. Random weights give near-flat next-token distributions, where any rounding
+    difference changes the draw, so the final norm is scaled up for this check (peaked, model-like logits)."""
+    import stage1_assets.core.decoding as decoding
+
+    norm = model.get_decoder().norm.weight
+    saved = norm.detach().clone()
+    norm.data.fill_(30.0)
+    try:
+        params = ResponseSampling()
+        _, texts = response_prompts(rows, seed=9)
+        caps = length_caps(rows, seed=10)
+        graphed, _ = Generator(model, tokenizer).generate(texts, params, batch, seed=3, length_caps=caps)
+        capture = decoding.DecodeSession._graph
+        decoding.DecodeSession._graph = lambda self, rows: None
+        try:
+            eager, _ = Generator(model, tokenizer).generate(texts, params, batch, seed=3, length_caps=caps)
+        finally:
+            decoding.DecodeSession._graph = capture
+        greedy = ResponseSampling(temperature=0.0, stop_sequences=["\x00"], max_new_tokens=16)
+        few = texts[:32]
+        ours, _ = Generator(model, tokenizer).generate(few, greedy, 32, seed=0)
+        enc = tokenizer(few, return_tensors="pt", padding=True).to(model.device)
+        hf = model.generate(**enc, max_new_tokens=16, do_sample=False, repetition_penalty=greedy.repetition_penalty,
+                            pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        hf_texts = tokenizer.batch_decode(hf[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        norm.data.copy_(saved)
+    same = sum(a.text == b.text for a, b in zip(graphed, eager, strict=True))
+    greedy_same = sum(a.text == b.strip() for a, b in zip(ours, hf_texts, strict=True))
+    return {"rows": rows, "graphs_vs_eager_identical": round(same / rows, 3),
+            "greedy_vs_hf_generate_identical": round(greedy_same / len(few), 3)}  # fmt: skip
 
 
 def critic_pairs(n: int) -> list[tuple[str, str]]:
@@ -110,36 +158,131 @@ def critic_pairs(n: int) -> list[tuple[str, str]]:
 
 
 def bench_critic(model, tokenizer, device: str, pairs: int, batch: int) -> dict:
-    """The path `Critic` picks for a call of `pairs` pairs (packed and compiled on CUDA from
-    COMPILE_MIN_ROWS rows, two per pair), timed on a second call: the first pays the compilation."""
+    """One `Critic.score` call of `pairs` pairs, as a shard makes per generation batch; timed on a second
+    call, the first also computing the shots documents' KV caches."""
     data = critic_pairs(pairs)
     critic = Critic(model, tokenizer, CriticParams(batch_size=batch))
     _, first_seconds = timed(device, lambda: critic.score(data))
     _, seconds = timed(device, lambda: critic.score(data))
-    return {"pairs": pairs, "batch_size": batch, "path": "packed" if critic.scorer.packs(2 * pairs) else "padded",
-            "first_call_seconds": round(first_seconds, 2), "seconds": round(seconds, 2),
-            "pairs_per_s": round(pairs / seconds, 1)}  # fmt: skip
+    return {"pairs": pairs, "batch_size": batch, "first_call_seconds": round(first_seconds, 2),
+            "seconds": round(seconds, 2), "pairs_per_s": round(pairs / seconds, 1)}  # fmt: skip
+
+
+def logits_check(model, tokenizer, rows: int = 8, steps: int = 12) -> dict:
+    """The engine's next-token logits (graph replay and eager) against one plain forward pass of the
+    whole sequence per prompt: the largest difference at each step, in units of the logits' spread."""
+    import stage1_assets.core.decoding as decoding
+
+    _, texts = response_prompts(rows, seed=12)
+    sequences = tokenizer(texts)["input_ids"]
+    report = {}
+    norm = model.get_decoder().norm.weight
+    saved = norm.detach().clone()
+    for mode in ("graphs", "eager", "graphs-peaked"):
+        norm.data.copy_(saved if mode != "graphs-peaked" else torch.full_like(saved, 30.0))
+        recorded: list[torch.Tensor] = []
+
+        def sampler(logits, history, uniforms, recorded=recorded):
+            recorded.append(logits[:rows].float().clone())
+            return logits.argmax(dim=-1)
+
+        session = decoding.DecodeSession(model, sequences, rows, steps + 1, sampler)
+        session.use_graphs = mode == "graphs" and session.use_graphs
+        tokens = [session.start_batch(sequences, torch.rand(steps + 1, rows), [s[0] for s in sequences],
+                                      tokenizer.pad_token_id)]  # fmt: skip
+        for step in range(steps):
+            tokens.append(session.decode(rows, step).clone())
+        # a replayed graph records its sampler's output only at capture: compare the tokens' logits instead
+        generated = torch.stack(tokens, dim=1).tolist()
+        worst = []
+        with torch.inference_mode():
+            for row, seq in enumerate(sequences):
+                full = torch.tensor([seq + generated[row]], device=model.device)
+                reference = model(input_ids=full).logits[0, len(seq) - 1 : -1].float()
+                ours = reference.argmax(dim=-1).tolist()
+                worst.append(sum(a != b for a, b in zip(ours, generated[row], strict=True)))
+        report[mode] = {"tokens_differing_from_plain_forward_argmax": sum(worst), "of": rows * (steps + 1),
+                        "first_step_logits_max_diff_over_std": round(float(
+                            (recorded[0] - _plain_last_logits(model, sequences)).abs().max()
+                            / recorded[0].std()), 4)}  # fmt: skip
+    norm.data.copy_(saved)
+    return report
+
+
+def _plain_last_logits(model, sequences) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model(input_ids=torch.tensor([s], device=model.device)).logits[:, -1].float()
+                          for s in sequences])  # fmt: skip
 
 
 def bench_shard(model, tokenizer, device: str, pairs: int, batch: int, critic_batch: int) -> dict:
-    """Instruction + response generation + critic for one shard, as `core.shards` runs them."""
+    """Instruction + response generation + critic for one shard, with the prompts `core.pairs` builds."""
     gen = Generator(model, tokenizer)
     pool = prompts.load_pool(prompts.TRAIN_POOL)
+    shots = prompts.load_pool(prompts.QA_SHOTS)
     rng = random.Random(4)
     n_instr = pairs + pairs // 4  # generate_instructions asks for 25% spares
     instr_prompts = [prompts.instruction_prompt(pool, rng) for _ in range(n_instr)]
-    instructions, resp_prompts = response_prompts(pairs, seed=5)
+    instructions = [rng.choice(pool).instruction for _ in range(pairs)]
     critic = Critic(model, tokenizer, CriticParams(batch_size=critic_batch))
+    parts = {}
 
     def shard():
-        gen.generate(instr_prompts, InstructionSampling(), batch, seed=0, length_caps=length_caps(n_instr, 6, 16, 48))
-        out, _ = gen.generate(resp_prompts, ResponseSampling(), batch, seed=1, length_caps=length_caps(pairs, 7))
-        critic.score([(i, c.text) for i, c in zip(instructions, out, strict=True)])
+        _, parts["instructions"] = timed(
+            device,
+            lambda: gen.generate(
+                instr_prompts, InstructionSampling(), batch, seed=0, length_caps=length_caps(n_instr, 6, 16, 48)
+            ),
+        )
+        (out, _), parts["responses"] = timed(
+            device,
+            lambda: gen.generate(
+                [prompts.response_prompt(i, shots) for i in instructions],
+                ResponseSampling(),
+                batch,
+                seed=1,
+                length_caps=length_caps(pairs, 7),
+            ),
+        )
+        _, parts["critic"] = timed(
+            device, lambda: critic.score([(i, c.text) for i, c in zip(instructions, out, strict=True)])
+        )
 
     _, seconds = timed(device, shard)
-    return {"pairs": pairs, "seconds": round(seconds, 1),
-            "projected_gpu_hours_15000": round(seconds * 15_000 / pairs / 3600, 3),
-            "original_plan_gpu_hours_15000": "6-7"}  # fmt: skip
+    return {"pairs": pairs, "seconds": round(seconds, 1), **{f"{k}_seconds": round(v, 2) for k, v in parts.items()},
+            "projected_gpu_hours_15000": round(seconds * 15_000 / pairs / 3600, 3)}  # fmt: skip
+
+
+def engine_breakdown(fn) -> tuple[object, dict]:
+    """Run `fn`, timing the engine's prefill, decode steps and graph captures (synchronized: for reading only)."""
+    import stage1_assets.core.decoding as decoding
+
+    spent = {"prefill": 0.0, "decode": 0.0, "capture": 0.0, "steps": 0}
+    originals = {name: getattr(decoding.DecodeSession, name) for name in ("start_batch", "decode", "_graph")}
+
+    def timing(name, key):
+        def wrapper(self, *args, **kwargs):
+            if key == "capture" and args[0] in self.graphs:
+                return originals[name](self, *args, **kwargs)
+            sync(str(self.device))
+            start = time.perf_counter()
+            out = originals[name](self, *args, **kwargs)
+            sync(str(self.device))
+            spent[key] += time.perf_counter() - start
+            spent["steps"] += key == "decode"
+            return out
+
+        return wrapper
+
+    for name, key in (("start_batch", "prefill"), ("decode", "decode"), ("_graph", "capture")):
+        setattr(decoding.DecodeSession, name, timing(name, key))
+    try:
+        out = fn()
+    finally:
+        for name, original in originals.items():
+            setattr(decoding.DecodeSession, name, original)
+    spent["decode"] -= spent["capture"]  # a capture happens inside the decode call that first needs it
+    return out, {k: round(v, 3) for k, v in spent.items()}
 
 
 def bench_training(model, tokenizer, device: str, steps: int, batch: int, workdir: Path) -> dict:
@@ -182,24 +325,30 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--sequential", type=int, default=16)
-    parser.add_argument("--critic-pairs", type=int, default=16384)
+    parser.add_argument("--peer-rows", type=int, default=None, help="rows for HF generate (default: all)")
+    parser.add_argument("--critic-pairs", type=int, default=1024, help="pairs per call (a full-profile batch)")
     parser.add_argument("--critic-batch", type=int, default=512)
     parser.add_argument("--shard-pairs", type=int, default=1500)
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=16)
-    parser.add_argument("--only", default="generation,critic,shard,training")
+    parser.add_argument("--only", default="generation,graphs,critic,shard,training")
     parser.add_argument("--profile", action="store_true", help="write the top CUDA kernels of each phase to $OUT")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
     model, tokenizer = build_model(args.tokenizer_dir, args.arch, args.device)
     result = {"arch": f"gemma3-{args.arch} (random weights)",
               "parameters": sum(p.numel() for p in model.parameters()), "device": args.device,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-              "torch": torch.__version__}  # fmt: skip
+              "torch": torch.__version__, "transformers": transformers.__version__,
+              "command": "python3 bench/bench_gpu.py " + " ".join(sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     only = set(args.only.split(","))
     out_dir = Path(os.environ.get("OUT", "/tmp"))
     phases = (
-        ("generation", lambda: bench_generation(model, tokenizer, args.device, args.rows, args.batch, args.sequential)),
+        ("generation", lambda: bench_generation(model, tokenizer, args.device, args.rows, args.batch,
+                                                args.peer_rows or args.rows)),
+        ("graphs", lambda: graphs_agree(model, tokenizer, min(args.rows, 512), args.batch)),
+        ("logits", lambda: logits_check(model, tokenizer)),
         ("critic", lambda: bench_critic(model, tokenizer, args.device, args.critic_pairs, args.critic_batch)),
         ("shard", lambda: bench_shard(model, tokenizer, args.device, args.shard_pairs, args.batch, args.critic_batch)),
         ("training", lambda: bench_training(model, tokenizer, args.device, args.train_steps, args.train_batch,

@@ -10,8 +10,9 @@ from .assets.qc_summary import qc_summary
 from .assets.scale_shards import scale_shards
 from .assets.sft_dataset import sft_dataset
 from .assets.test_instructions import test_instructions
+from .jobs import JOBS
 from .resources import BaseModelResource, ProvenanceResource, Stage1Paths
-from .schedules import evaluation_job, missing_shards_schedule, scale_shards_job, training_job
+from .schedules import missing_shards_schedule
 from .sensors import dead_run_sensor
 
 defs = dg.Definitions(
@@ -25,7 +26,7 @@ defs = dg.Definitions(
         adapter_checkpoint,
         eval_report,
     ],
-    jobs=[scale_shards_job, training_job, evaluation_job],
+    jobs=JOBS,
     schedules=[missing_shards_schedule],
     sensors=[dead_run_sensor],
     resources={

@@ -10,9 +10,9 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from .core import devices, guard, model_loader
+from .core import devices, guard, layout, model_loader
 from .core.artifacts import Staging, manifest_path, verify
-from .core.io import content_hash
+from .core.io import content_hash, read_jsonl
 from .core.provenance import Artifact, ProvenanceRecord, ProvenanceStore, code_version
 from .core.storage import ArtifactStore, parse_storage_options
 from .runs import heartbeat
@@ -75,6 +75,12 @@ class Stage1Paths(ArtifactStoreConfig):
         self.store().fetch(manifest_path(path))
         verify(path, producer)
         return path
+
+    def test_set(self) -> tuple[Path, list[dict[str, Any]]]:
+        """The held-out test set (checked against its manifest, refused by file and line when malformed): its
+        path and rows."""
+        path = self.fetch_verified(layout.TEST_SET, producer="test_instructions")
+        return path, read_jsonl(path, required=("instruction",))
 
     def staging(self) -> Staging:
         """Where a step writes its outputs until `ProvenanceResource.commit` publishes them with its record."""

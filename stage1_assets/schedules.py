@@ -4,34 +4,12 @@ import os
 
 import dagster as dg
 
-from .assets.scale_shards import SHARD_PARTITIONS, scale_shards
-from .k8s import GPU_TAGS
+from .jobs import scale_shards_job
+from .partitions import SHARD_ASSET, SHARD_PARTITIONS, check_shard_keys
 from .runs import in_flight_partitions
 
 # how often the schedule looks for missing shards (a cron string; every 15 minutes by default)
 MISSING_SHARDS_CRON = os.environ.get("STAGE1_MISSING_SHARDS_CRON", "*/15 * * * *")
-
-SHARD_ASSET = dg.AssetKey("scale_shards")
-
-scale_shards_job = dg.define_asset_job(
-    "scale_shards_job",
-    selection=[scale_shards],
-    partitions_def=SHARD_PARTITIONS,
-    description="Generate one scale shard (backfill it over all or some partitions).",
-    tags=GPU_TAGS,  # run tags too: on Kubernetes each run's pod asks for a GPU (stage1_assets/k8s.py)
-)
-training_job = dg.define_asset_job(
-    "training_job",
-    selection=["adapter_checkpoint"],
-    description="Train the adapter (on Kubernetes, in a pod with a GPU).",
-    tags=GPU_TAGS,
-)
-evaluation_job = dg.define_asset_job(
-    "evaluation_job",
-    selection=["eval_report"],
-    description="Evaluate base vs base+adapter (on Kubernetes, in a pod with a GPU).",
-    tags=GPU_TAGS,
-)
 
 
 def shards_to_launch(instance: dg.DagsterInstance) -> list[str]:
@@ -42,6 +20,7 @@ def shards_to_launch(instance: dg.DagsterInstance) -> list[str]:
     calls STARTED but whose process died (killed, its host lost) is not in flight: its shard is
     launched again (stage1_assets/runs.py).
     """
+    check_shard_keys(instance)  # an instance of another profile's keys: a failed tick that says so
     done = instance.get_materialized_partitions(SHARD_ASSET)
     in_flight = in_flight_partitions(instance)  # runs of scale_shards_job, and of a shard launched any other way
     return [k for k in SHARD_PARTITIONS.get_partition_keys() if k not in done and k not in in_flight]

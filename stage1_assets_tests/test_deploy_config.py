@@ -15,7 +15,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from dagster._core.execution.api import create_execution_plan
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
@@ -50,9 +49,9 @@ def test_gpu_runs_and_steps_ask_kubernetes_for_a_gpu(asset_key):
     run = dg.DagsterInstance.ephemeral().create_run_for_job(job_def=job, tags=job.run_tags)
     context = K8sContainerContext.create_for_run(run, None, include_run_tags=True)
     assert_requests_one_gpu(k8s_job_for(context.run_k8s_config))
-    # k8s_job_executor: each step's pod is built from its op's tags
-    [step] = create_execution_plan(job).steps
-    assert_requests_one_gpu(k8s_job_for(get_user_defined_k8s_config(step.tags)))
+    # k8s_job_executor: each step's pod is built from its step's tags, its node's (op tags and invocation tags)
+    [node] = job.graph.nodes
+    assert_requests_one_gpu(k8s_job_for(get_user_defined_k8s_config(node.tags)))
 
 
 def test_cpu_assets_ask_for_no_gpu_and_no_asset_tag_pretends_to():

@@ -1,7 +1,14 @@
+import copy
+import random
+from types import SimpleNamespace
+
+import pytest
 import torch
 
+from stage1_assets.core import prompts
 from stage1_assets.core.config import SamplingParams
-from stage1_assets.core.generation import Generator, truncate_at_stop
+from stage1_assets.core.decoding import StopWatch, shared_prefix_length
+from stage1_assets.core.generation import STOP_WINDOW_TOKENS, Generator, sample_next, truncate_at_stop
 
 PROMPTS = [
     "The capital of France is",
@@ -74,8 +81,6 @@ def test_truncate_at_earliest_stop():
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from stage1_assets.core.generation import sample_next
-
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
     params = SamplingParams(temperature=1.0, top_p=0.5, repetition_penalty=1.0)
     draws = {int(sample_next(logits, torch.zeros((1, 1), dtype=torch.long), params, torch.tensor([u]))) for u in
@@ -85,3 +90,107 @@ def test_top_p_keeps_only_the_nucleus():
     draws = {int(sample_next(logits, torch.zeros((1, 1), dtype=torch.long), params, torch.tensor([u]))) for u in
              torch.linspace(0, 0.999, 50).tolist()}  # fmt: skip
     assert draws == {0, 1}
+
+
+# --- the decode loop: shared prefix, slots, compaction, stop checks (core/decoding.py) -------------
+def few_shot_prompts(count: int) -> list[str]:
+    """Response prompts as the pipeline builds them: one few-shot block shared by every prompt."""
+    shots = prompts.load_pool(prompts.QA_SHOTS)
+    pool = prompts.load_pool(prompts.TRAIN_POOL)
+    return [prompts.response_prompt(pool[i * 7].instruction, shots) for i in range(count)]
+
+
+def reference_completion(lm, prompt: str, params: SamplingParams, seed: int, index: int, cap: int) -> str:
+    """The plainest correct decoder: the whole sequence through the model at every step, no cache."""
+    tokenizer, model = lm.tokenizer, lm.model
+    ids = tokenizer(prompt)["input_ids"]
+    eos = lm.model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    generated: list[int] = []
+    with torch.inference_mode():
+        for step in range(cap):
+            sequence = torch.tensor([ids + generated])
+            logits = model(input_ids=sequence).logits[:, -1]
+            uniform = torch.rand(index + 1, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))[index:]
+            token = int(sample_next(logits, sequence, params, uniform))
+            if token in eos:
+                break
+            generated.append(token)
+            tail = tokenizer.decode(generated[-STOP_WINDOW_TOKENS:], skip_special_tokens=True)
+            if any(s in tail for s in params.stop_sequences):
+                break
+    text, _ = truncate_at_stop(tokenizer.decode(generated, skip_special_tokens=True), params.stop_sequences)
+    return text.strip()
+
+
+def test_shared_prefix_is_found_and_leaves_every_prompt_a_token():
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11]]) == 9
+    assert shared_prefix_length([list(range(12)), list(range(12))]) == 11  # identical prompts keep one token each
+    assert shared_prefix_length([list(range(12)), [0, 1, 2] + list(range(20))]) == 0  # 3 tokens: not worth it
+    assert shared_prefix_length([]) == 0
+
+
+def test_few_shot_prompts_share_their_block(tiny_model):
+    encoded = tiny_model.tokenizer(few_shot_prompts(4))["input_ids"]
+    shots_tokens = len(tiny_model.tokenizer(prompts.shots_document(prompts.load_pool(prompts.QA_SHOTS)))["input_ids"])
+    assert shared_prefix_length(encoded) >= shots_tokens - 2  # the whole shot block, up to a merged boundary token
+
+
+@pytest.fixture(scope="module")
+def peaked_model(tiny_model):
+    """The tiny model with its final norm scaled up: random weights give near-flat next-token
+    distributions, where a float rounding difference alone changes a draw; a trained model's are peaked."""
+    model = copy.deepcopy(tiny_model.model)
+    model.get_decoder().norm.weight.data.fill_(60.0)
+    return SimpleNamespace(model=model, tokenizer=tiny_model.tokenizer)
+
+
+def test_sampled_completions_match_a_plain_reference_decoder(peaked_model):
+    """Prefix computed once, slots, two batches of one call, rows leaving at different lengths: the
+    same text as the whole sequence recomputed at every step, for the same per-prompt noise."""
+    texts = few_shot_prompts(6)
+    caps = [2, 9, 4, 12, 3, 7]
+    params = SamplingParams(temperature=0.9, top_p=0.95, repetition_penalty=1.0, max_new_tokens=12)
+    gen = Generator(peaked_model.model, peaked_model.tokenizer)
+    ours, _ = gen.generate(texts, params, batch_size=4, seed=11, length_caps=caps)
+    expected = [reference_completion(peaked_model, text, params, 11, i, cap)
+                for i, (text, cap) in enumerate(zip(texts, caps, strict=True))]  # fmt: skip
+    assert [c.text for c in ours] == expected
+    assert len({c.text for c in ours}) > 1
+    assert all(c.completion_tokens <= cap for c, cap in zip(ours, caps, strict=True))
+
+
+def test_greedy_with_shared_prefix_matches_transformers_generate(tiny_model):
+    texts = few_shot_prompts(3)
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.3, max_new_tokens=8, stop_sequences=["\x00"])
+    ours, _ = Generator(tiny_model.model, tiny_model.tokenizer).generate(texts, params, batch_size=3, seed=0)
+    for prompt, completion in zip(texts, ours, strict=True):
+        enc = tiny_model.tokenizer(prompt, return_tensors="pt")
+        out = tiny_model.model.generate(**enc, max_new_tokens=8, do_sample=False, repetition_penalty=1.3)
+        assert completion.text == tiny_model.tokenizer.decode(out[0, enc["input_ids"].shape[1] :],
+                                                              skip_special_tokens=True).strip()  # fmt: skip
+
+
+def test_stop_watch_agrees_with_decoding_every_step(tiny_model):
+    """The watch decodes only rows that may have just stopped; it must stop exactly where checking
+    every row at every step would, including across newlines and multi-byte characters."""
+    tokenizer = tiny_model.tokenizer
+    stops = ["\nInstruction", "\nQ:", "\n###"]
+    pieces = ["Sure", " thing", ".", "\n", "\n\n", "Instruction", "Q", ":", "###", " é", "日本", "🙂", " ok", "#"]
+    vocab = [t for p in pieces for t in tokenizer(p, add_special_tokens=False)["input_ids"]]
+    byte_tokens = [tokenizer.convert_tokens_to_ids(f"<0x{b:02X}>") for b in "🙂".encode()]
+    vocab += [t for t in byte_tokens if t != tokenizer.unk_token_id]
+    rng = random.Random(0)
+    stops_seen = 0
+    for _ in range(300):
+        watch = StopWatch(tokenizer, stops, STOP_WINDOW_TOKENS)
+        state, tokens = watch.new_row(), []
+        for _ in range(30):
+            tokens.append(rng.choice(vocab))
+            tail = tokenizer.decode(tokens[-STOP_WINDOW_TOKENS:], skip_special_tokens=True)
+            expected = any(s in tail for s in stops)
+            assert watch.stopped(state, tokens) == expected, tokens
+            if expected:
+                stops_seen += 1
+                break
+    assert stops_seen > 50  # the random texts did reach the stop sequences

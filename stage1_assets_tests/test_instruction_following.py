@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from stage1_assets.core import dedup, prompts
 from stage1_assets.core import instruction_following as inf
 from stage1_assets.core.io import InputFileError
-from stage1_assets.core.merge import TestSetIndex
+
+from .support import exemplar_overlaps
 
 CAT = {"text": "What do you call a baby cat?"}
 
@@ -188,13 +188,7 @@ def test_shipped_suite_counts(suite):
 
 
 def test_shipped_prompts_are_distinct_and_disjoint_from_the_exemplars(suite):
-    texts = [p.prompt for p in suite]
-    assert dedup.deduplicate(texts)[1] == {}
-    exemplars = [e.instruction for pool in (prompts.TRAIN_POOL, prompts.TEST_POOL, prompts.QA_SHOTS)
-                 for e in prompts.load_pool(pool)]  # fmt: skip
-    exemplar_index, suite_index = TestSetIndex(exemplars), TestSetIndex(texts)
-    assert [t for t in texts if exemplar_index.overlap(t) or exemplar_index.near_duplicate(t)] == []
-    assert [e for e in exemplars if suite_index.overlap(e) or suite_index.near_duplicate(e)] == []
+    assert exemplar_overlaps([p.prompt for p in suite]) == ({}, [], [])
 
 
 def test_no_check_is_vacuous(suite):

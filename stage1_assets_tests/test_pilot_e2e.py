@@ -9,6 +9,7 @@ from stage1_assets.core import pilot
 from stage1_assets.core.config import CriticParams
 from stage1_assets.core.critic import critic_fingerprint
 from stage1_assets.core.provenance import ProvenanceStore
+from stage1_assets.core.qc import PilotQCSummary
 from stage1_assets.definitions import defs
 from stage1_assets.resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
@@ -64,6 +65,9 @@ def test_pilot_end_to_end_then_strict_thresholds_block_downstream(tmp_path, embe
     assert "| bad kind |" in quality["per_kind"].value
     assert manifest["generation"]["critic"] == CriticParams().model_dump()
     assert manifest["critic_version"] == critic_fingerprint()
+    # what the pilot wrote is exactly what its typed models give back (shards and training read them)
+    assert pilot.read_manifest(tmp_path / "pilot/001/session_manifest.json").to_dict() == manifest
+    assert PilotQCSummary.read(tmp_path / "pilot/001/qc_summary.json").to_dict() == summary
 
     store = ProvenanceStore(tmp_path / "provenance.duckdb")
     rows = store.query(
@@ -88,6 +92,6 @@ def test_pilot_end_to_end_then_strict_thresholds_block_downstream(tmp_path, embe
         e.asset_key.to_user_string() for e in blocked.get_asset_materialization_events()
     }
     assert json.loads((tmp_path / "pilot/002/session_manifest.json").read_text())["checks_passed"] is False
-    assert pilot.latest_passing_manifest(tmp_path / "pilot")["iteration"] == "001"
+    assert pilot.latest_passing_manifest(tmp_path / "pilot").iteration == "001"
     pilot_records = store.query("SELECT metrics_json FROM records WHERE asset_key = 'pilot_data'")
     assert len(pilot_records) == 2

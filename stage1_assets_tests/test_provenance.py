@@ -89,3 +89,15 @@ def _hold_lock(db_path: str, ready, release) -> None:
     ready.set()
     release.wait(60)
     con.close()
+
+
+def test_recent_materializations_are_the_assets_own_newest_first(tmp_path):
+    store = ProvenanceStore(tmp_path / "prov.duckdb")
+    for n in range(4):
+        store.record(ProvenanceRecord(asset_key="pilot_data", params={"n": n}, metrics={"iteration": f"{n:03d}"},
+                                      recorded_at=f"2026-01-0{n + 1}T00:00:00+00:00"))  # fmt: skip
+    store.record(ProvenanceRecord(asset_key="pilot_data", kind="check", check_name="runaway_rate"))
+    store.record(ProvenanceRecord(asset_key="scale_shards", params={"n": 9}))
+    recent = store.recent_materializations("pilot_data", limit=3)
+    assert recent == [({"n": n}, {"iteration": f"{n:03d}"}) for n in (3, 2, 1)]
+    assert store.recent_materializations("eval_report", limit=3) == []

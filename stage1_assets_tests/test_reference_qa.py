@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from stage1_assets.core import dedup, prompts
 from stage1_assets.core import reference_qa as qa
 from stage1_assets.core.io import InputFileError
-from stage1_assets.core.merge import TestSetIndex
+
+from .support import exemplar_overlaps
 
 PARIS = qa.QAItem("q1", "geography", "What is the capital of France?", ("Paris",), ("Lyon", "Marseille"))
 SPIDER = qa.QAItem("q2", "animals", "How many legs does a spider have?", ("8", "eight"), ("6", "six"))
@@ -89,13 +89,7 @@ def test_shipped_questions(items):
 
 
 def test_shipped_questions_are_distinct_and_disjoint_from_the_exemplars(items):
-    questions = [q.question for q in items]
-    assert dedup.deduplicate(questions)[1] == {}
-    exemplars = [e.instruction for pool in (prompts.TRAIN_POOL, prompts.TEST_POOL, prompts.QA_SHOTS)
-                 for e in prompts.load_pool(pool)]  # fmt: skip
-    exemplar_index, question_index = TestSetIndex(exemplars), TestSetIndex(questions)
-    assert [q for q in questions if exemplar_index.overlap(q) or exemplar_index.near_duplicate(q)] == []
-    assert [e for e in exemplars if question_index.overlap(e) or question_index.near_duplicate(e)] == []
+    assert exemplar_overlaps([q.question for q in items]) == ({}, [], [])
 
 
 def write(tmp_path: Path, rows: list[dict]) -> Path:

@@ -9,16 +9,7 @@ from stage1_assets.core.io import atomic_write_json, atomic_write_jsonl, sha256_
 from stage1_assets.core.training import TrainingParams, encode_examples, epoch_batches, mean_loss, train_adapter
 from stage1_assets.resources import Stage1Paths
 
-ROWS = [
-    {"instruction": "Name a primary color.", "response": "Red is a primary color."},
-    {"instruction": "What is 2 + 3?", "response": "2 + 3 = 5."},
-    {"instruction": "Give a synonym for happy.", "response": "Joyful."},
-    {"instruction": "What do bees make?", "response": "Bees make honey and wax."},
-    {"instruction": "Name a large ocean.", "response": "The Pacific Ocean."},
-    {"instruction": "What is the opposite of cold?", "response": "Hot."},
-    {"instruction": "How many legs does a spider have?", "response": "A spider has eight legs."},
-    {"instruction": "Which planet do we live on?", "response": "We live on Earth."},
-]
+from .support import ROWS
 
 
 def test_loss_masks_the_prompt_and_truncation_is_reported(tiny_model):
@@ -54,19 +45,26 @@ def test_real_steps_lower_the_loss_and_the_adapter_reloads(tmp_path, real_model)
     assert delta > 1e-3
 
 
+def qc_summary_file(tmp_path, sft_sha256: str, overlap: int = 0, metrics: dict | None = None) -> None:
+    """A `qc_summary.json` as the qc_summary asset writes it (core.qc.DatasetQCSummary), with these values."""
+    metric = {"threshold": 0.05, "flagged_count": 0, "flagged_ids": [], "examples": []}
+    summary = {"pairs": 8, "passed": True, "thresholds": {}, "length_bias": {}, "per_shard": {},
+               "metrics": {name: metric | m for name, m in (metrics or {}).items()},
+               "test_overlap": {"count": overlap, "method": "duckdb-sql-audit", "examples": [], "sft_rows": 8},
+               "sft_dataset_sha256": sft_sha256, "test_set_sha256": "test"}  # fmt: skip
+    atomic_write_json(tmp_path / "qc_summary.json", summary)
+
+
 def test_gate_refuses_a_dataset_that_failed_qc(tmp_path):
     sft = atomic_write_jsonl(tmp_path / "stage1_sft_data.jsonl", ROWS)
     failing = {"runaway_rate": {"value": 0.2, "rule": "value < 0.05", "passed": False}}
-    summary = {"sft_dataset_sha256": sha256_file(sft), "test_overlap": {"count": 0}, "metrics": failing}
-    atomic_write_json(tmp_path / "qc_summary.json", summary)
+    qc_summary_file(tmp_path, sha256_file(sft), metrics=failing)
     with pytest.raises(dg.Failure, match=r"failed QC: runaway_rate = 0.2 \(needs value < 0.05\)"):
         qc_gate(Stage1Paths(data_dir=str(tmp_path)), sft)
-    atomic_write_json(tmp_path / "qc_summary.json", {"sft_dataset_sha256": "other", "test_overlap": {"count": 0},
-                                                     "metrics": {}})  # fmt: skip
+    qc_summary_file(tmp_path, "other")
     with pytest.raises(dg.Failure, match="another version"):
         qc_gate(Stage1Paths(data_dir=str(tmp_path)), sft)
-    atomic_write_json(tmp_path / "qc_summary.json", {"sft_dataset_sha256": sha256_file(sft),
-                                                     "test_overlap": {"count": 2}, "metrics": {}})  # fmt: skip
+    qc_summary_file(tmp_path, sha256_file(sft), overlap=2)
     with pytest.raises(dg.Failure, match="test_overlap = 2"):
         qc_gate(Stage1Paths(data_dir=str(tmp_path)), sft)
 

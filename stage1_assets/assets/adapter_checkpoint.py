@@ -1,16 +1,16 @@
 """`adapter_checkpoint`: a LoRA (QLoRA on CUDA) adapter trained on the SFT dataset, resumable."""
 
-import time
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from ..config import PROFILE
-from ..core import layout, plots
+from ..core import adapter, layout, plots
 from ..core.io import content_hash, read_json, read_jsonl, stable_hash
+from ..core.qc import DatasetQCSummary
 from ..core.training import ADAPTER_FILES, TrainingParams, train_adapter
-from ..k8s import GPU_TAGS
+from ..materialize import Step, stage1_asset
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
 
@@ -35,34 +35,21 @@ def qc_gate(paths: Stage1Paths, sft_path: Path) -> str:
     qc_path = paths.fetch(layout.QC_SUMMARY)
     if not qc_path.exists():
         raise dg.Failure(f"{qc_path} does not exist: materialize qc_summary (and pass its checks) before training")
-    summary = read_json(qc_path, {"sft_dataset_sha256": str, "metrics": dict, "test_overlap": dict},
-                        what="; re-materialize qc_summary")  # fmt: skip
+    summary = DatasetQCSummary.read(qc_path, what="; re-materialize qc_summary")
     dataset_hash = content_hash(sft_path)
-    if summary.get("sft_dataset_sha256") != dataset_hash:
-        raise dg.Failure(f"{qc_path} describes another version of {sft_path}: re-materialize qc_summary first")
-    failed = [
-        f"{name} = {m['value']:.4g} (needs {m['rule']})" for name, m in summary["metrics"].items() if not m["passed"]
-    ]
-    if summary["test_overlap"]["count"]:
-        failed.append(f"test_overlap = {summary['test_overlap']['count']} (needs 0)")
-    if failed:
-        raise dg.Failure(
-            "refusing to train on a dataset that failed QC: " + "; ".join(failed) + ". Open the failed "
-            "qc_summary checks in the UI for the flagged examples."
-        )
-    if summary.get("test_set_sha256") != content_hash(paths.fetch(layout.TEST_SET)):
-        raise dg.Failure(f"{qc_path} was computed against another test set: re-materialize qc_summary first")
+    test_hash = lambda: content_hash(paths.fetch(layout.TEST_SET))  # noqa: E731 (read only if all else passes)
+    refusal = summary.training_refusal(qc_path, sft_path, dataset_hash, test_hash)
+    if refusal:
+        raise dg.Failure(refusal)
     return dataset_hash
 
 
-@dg.asset(
-    deps=["sft_dataset", "qc_summary", "test_instructions"],
-    pool="gpu",
-    group_name="training",
+@stage1_asset(
+    stage="training",
+    group="training",
     kinds={"pytorch", "peft"},
-    owners=["team:stage1"],
-    tags={"stage": "training"},
-    op_tags=GPU_TAGS,
+    gpu=True,
+    deps=["sft_dataset", "qc_summary", "test_instructions"],
     description=(
         "LoRA adapter (QLoRA: 4-bit NF4 base on CUDA; fp32 LoRA on CPU) trained on `sft_dataset` with loss on "
         "response tokens only. Standard PEFT directory `data/adapters/<spec-hash>/` (loadable with "
@@ -77,7 +64,7 @@ def adapter_checkpoint(
     paths: Stage1Paths,
     provenance: ProvenanceResource,
 ) -> dg.MaterializeResult:
-    started = time.perf_counter()
+    step = Step(context, paths, provenance)
     sft_path = paths.fetch_verified(layout.SFT_DATASET, producer="sft_dataset")  # as the merge recorded it
     dataset_hash = qc_gate(paths, sft_path)
     rows = read_jsonl(sft_path, required=("instruction", "response"))
@@ -103,38 +90,33 @@ def adapter_checkpoint(
         staging.write_json(metrics_path, metrics)  # its presence marks a finished adapter: committed with provenance
     paths.publish(*(out_dir / name for name in ADAPTER_FILES))
     adapter_hash = content_hash(out_dir, ADAPTER_FILES)
+    # the record eval_report finds the adapter by, committed with the provenance record
+    record = adapter.AdapterRecord(out_dir.name, adapter_hash, lm.info.fingerprint, dataset_hash)
+    staging.write_json(paths.path(*layout.LATEST_ADAPTER), record.to_dict())
+    staging.manifest(paths.path(*layout.LATEST_ADAPTER), adapter.PRODUCER)
+    metadata = {
+        "adapter_dir": dg.MetadataValue.path(paths.location(out_dir)),
+        "adapter_hash": adapter_hash,
+        "quantization": metrics["quantization"],
+        "steps": metrics["steps"],
+        "resumed_from_step": metrics["resumed_from_step"],
+        "train_examples": metrics["train_examples"],
+        "validation_examples": metrics["validation_examples"],
+        "truncation_rate": metrics["truncation_rate"],
+        "first_train_loss": metrics["first_train_loss"],
+        "final_train_loss": metrics["final_train_loss"],
+        "final_val_loss": metrics["final_val_loss"] if metrics["final_val_loss"] is not None else float("nan"),
+        "tokens_per_second": metrics["tokens_per_second"],
+        "peak_memory_mb": metrics["peak_memory_mb"],
+        "wall_seconds": metrics["wall_seconds"],
+        "trainable_share": metrics["trainable_share"],
+        "loss_curve": dg.MetadataValue.md(plots.markdown_image(png, "loss curve")),
+    }
     with staging:
-        provenance.commit(
-            context,
-            started,
-            staging,
-            paths,
+        return step.materialized(
+            staging, adapter_hash, metadata, model=lm.info, row_count=len(rows),
             inputs={"base_model": lm.info.fingerprint, "sft_dataset": dataset_hash},
             outputs={"adapter": (paths.location(out_dir), adapter_hash)},
-            model_fingerprint=lm.info.fingerprint,
             params=spec["params"] | {"max_steps": config.max_steps},
-            row_count=len(rows),
             metrics={k: v for k, v in metrics.items() if k not in ("history", "spec")},
-            device=lm.info.device,
-        )
-    return dg.MaterializeResult(
-        metadata={
-            "adapter_dir": dg.MetadataValue.path(paths.location(out_dir)),
-            "adapter_hash": adapter_hash,
-            "quantization": metrics["quantization"],
-            "steps": metrics["steps"],
-            "resumed_from_step": metrics["resumed_from_step"],
-            "train_examples": metrics["train_examples"],
-            "validation_examples": metrics["validation_examples"],
-            "truncation_rate": metrics["truncation_rate"],
-            "first_train_loss": metrics["first_train_loss"],
-            "final_train_loss": metrics["final_train_loss"],
-            "final_val_loss": metrics["final_val_loss"] if metrics["final_val_loss"] is not None else float("nan"),
-            "tokens_per_second": metrics["tokens_per_second"],
-            "peak_memory_mb": metrics["peak_memory_mb"],
-            "wall_seconds": metrics["wall_seconds"],
-            "trainable_share": metrics["trainable_share"],
-            "loss_curve": dg.MetadataValue.md(plots.markdown_image(png, "loss curve")),
-        },
-        data_version=dg.DataVersion(adapter_hash[:16]),
-    )
+        )  # fmt: skip

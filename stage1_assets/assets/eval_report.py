@@ -1,24 +1,22 @@
 """`eval_report`: base vs base + adapter on verifiable instructions, reference answers and the test set."""
 
-import time
-from pathlib import PurePosixPath
-
 import dagster as dg
 from pydantic import Field
 
 from ..config import PROFILE, CriticConfig, ResponseSamplingConfig
-from ..core import critic_controls, layout, pilot, plots, prompts
+from ..core import adapter, critic_controls, layout, pilot, plots, prompts
 from ..core.config import CriticParams, ResponseSampling
 from ..core.critic import critic_fingerprint
 from ..core.evaluation import EvalItems, EvalParams, evaluate, headline, markdown_report, verdict_line
 from ..core.instruction_following import DEFAULT_SUITE, load_suite, select_subset
-from ..core.io import content_hash, read_jsonl
+from ..core.io import content_hash
 from ..core.reference_qa import DEFAULT_QUESTIONS, load_questions
 from ..core.reference_qa import select_subset as select_questions
 from ..core.report import markdown_table
 from ..core.training import ADAPTER_FILES
-from ..k8s import GPU_TAGS
+from ..materialize import Step, stage1_asset
 from ..resources import BaseModelResource, ProvenanceResource, Stage1Paths
+from .qc_checks import control_set_tables
 
 
 class EvalConfig(dg.Config):
@@ -44,27 +42,18 @@ class EvalConfig(dg.Config):
     )  # fmt: skip
 
 
-def _latest_adapter_dir(context: dg.AssetExecutionContext) -> str:
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("adapter_checkpoint"))
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure("adapter_checkpoint has never been materialized")
-    return event.asset_materialization.metadata["adapter_dir"].value
-
-
 def _training_critic(paths: Stage1Paths) -> CriticParams | None:
     """The critic of the pilot the shards reuse by default: the filter the training data went through."""
     manifest = pilot.latest_passing_manifest(paths.fetch_dir(layout.PILOT, pattern=f"*/{pilot.MANIFEST}"))
-    return CriticParams(**manifest["generation"]["critic"]) if manifest else None
+    return manifest.generation.critic if manifest else None
 
 
-@dg.asset(
-    deps=["adapter_checkpoint", "test_instructions"],
-    pool="gpu",
-    group_name="evaluation",
+@stage1_asset(
+    stage="evaluation",
+    group="evaluation",
     kinds={"pytorch", "markdown"},
-    owners=["team:stage1"],
-    tags={"stage": "evaluation"},
-    op_tags=GPU_TAGS,
+    gpu=True,
+    deps=["adapter_checkpoint", "test_instructions"],
     check_specs=[
         dg.AssetCheckSpec(
             "judge_trustworthy",
@@ -96,16 +85,18 @@ def eval_report(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    started = time.perf_counter()
-    test_path = paths.fetch_verified(layout.TEST_SET, producer="test_instructions")
+    step = Step(context, paths, provenance)
+    test_path, test_rows = paths.test_set()
     suite, questions = load_suite(), load_questions()
     items = EvalItems(
         select_subset(suite, config.instruction_following_prompts or len(suite), config.subset_seed),
         select_questions(questions, config.reference_questions or len(questions), config.subset_seed),
-        read_jsonl(test_path, required=("instruction",)),
+        test_rows,
     )
-    # the adapter's folder name is its spec hash; its files come from the store when there is one
-    adapter_dir = paths.fetch_dir(layout.ADAPTERS, PurePosixPath(_latest_adapter_dir(context)).name)
+    # the latest adapter, as adapter_checkpoint recorded it; its files come from the store when there is one
+    record = adapter.AdapterRecord.read(paths.fetch_verified(*layout.LATEST_ADAPTER, producer=adapter.PRODUCER))
+    adapter_dir = paths.fetch_dir(layout.ADAPTERS, record.spec_hash)
+    record.check(adapter_dir, content_hash(adapter_dir, ADAPTER_FILES))
     lm = model.load()
     adapter_guard = model.guard_adapter(adapter_dir)
     fresh_base = AutoModelForCausalLM.from_pretrained(lm.info.path, dtype=lm.model.dtype).to(lm.info.device)
@@ -120,7 +111,7 @@ def eval_report(
     report = evaluate(lm.model, adapted, lm.tokenizer, items, params)
     input_hashes = {
         "base_model": lm.info.fingerprint,
-        "adapter": content_hash(adapter_dir, ADAPTER_FILES),
+        "adapter": record.adapter_sha256,
         "test_instructions": content_hash(test_path),
         "instruction_following_suite": content_hash(DEFAULT_SUITE),
         "reference_questions": content_hash(DEFAULT_QUESTIONS),
@@ -146,23 +137,7 @@ def eval_report(
         staging.write_bytes(paths.path(layout.EVAL_PLOT), png)
         staging.write_text(paths.path(layout.EVAL_MARKDOWN), markdown)
         staging.write_json(json_path, report)
-        report_hash = staging.hash(json_path)
-        provenance.commit(
-            context,
-            started,
-            staging,
-            paths,
-            inputs=input_hashes,
-            outputs={"eval_report": json_path},
-            model_fingerprint=lm.info.fingerprint,
-            params=config.model_dump() | {"judge_version": critic_fingerprint(), "adapter_guard": adapter_guard},
-            prompt_version=report["prompt_version"],
-            row_count=iff["n"] + qa["n"] + jd["n"],
-            metrics=summary,
-            device=lm.info.device,
-        )
-    yield dg.MaterializeResult(
-        metadata={
+        metadata = {
             "headline": dg.MetadataValue.md(
                 markdown_table(headline(report), ["measure", "adapter", "base", "difference (McNemar)"])
             ),
@@ -178,9 +153,14 @@ def eval_report(
             "judge_trust": jd["trust"]["pairwise_accuracy"],
             "report": dg.MetadataValue.md(markdown),
             "path": dg.MetadataValue.path(paths.location(paths.path(layout.EVAL_MARKDOWN))),
-        },
-        data_version=dg.DataVersion(report_hash[:16]),
-    )
+        }
+        result = step.materialized(
+            staging, staging.hash(json_path), metadata, model=lm.info, inputs=input_hashes,
+            outputs={"eval_report": json_path}, prompt_version=report["prompt_version"],
+            params=config.model_dump() | {"judge_version": critic_fingerprint(), "adapter_guard": adapter_guard},
+            row_count=iff["n"] + qa["n"] + jd["n"], metrics=summary,
+        )  # fmt: skip
+    yield result
     trust = jd["trust"]
     yield dg.AssetCheckResult(
         check_name="judge_trustworthy",
@@ -192,11 +172,8 @@ def eval_report(
             "pairwise_accuracy": trust["pairwise_accuracy"],
             "threshold": config.min_judge_pairwise_accuracy,
             "is_training_filter": jd["is_training_filter"],
-            "per_kind": dg.MetadataValue.md(markdown_table(
-                [{"bad kind": k, **v} for k, v in trust["per_kind"].items()], ["bad kind", "good_above", "rejected"])),
-            "misranked": dg.MetadataValue.md(markdown_table(
-                trust["misranked"], ["item", "kind", "instruction", "bad_response", "bad_verdict", "good_verdict"])),
-        },  # fmt: skip
+            **control_set_tables(trust, "good_above"),
+        },
     )
     expected = {"instruction_following": len(items.instruction_following), "reference_qa": len(items.reference_qa),
                 "judge": len(items.test_rows)}  # fmt: skip

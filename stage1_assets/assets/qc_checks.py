@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 
+from ..core.qc import QCMetric, QCSummary
 from ..core.report import markdown_table
 
 QC_CHECK_DESCRIPTIONS = {
@@ -36,22 +37,22 @@ def qc_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
     ]
 
 
-def metric_check_result(asset: str, name: str, metric: dict[str, Any], pairs: int) -> dg.AssetCheckResult:
+def metric_check_result(asset: str, name: str, metric: QCMetric, pairs: int) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name,
         asset_key=asset,
-        passed=bool(metric["passed"]),
+        passed=bool(metric.passed),
         severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{name} = {metric['value']:.4g}; passes when {metric['rule']}",
+        description=f"{name} = {metric.value:.4g}; passes when {metric.rule}",
         metadata={
-            "value": float(metric["value"]),
-            "threshold": float(metric["threshold"]),
-            "rule": metric["rule"],
+            "value": float(metric.value),
+            "threshold": float(metric.threshold),
+            "rule": metric.rule,
             "pairs": pairs,
-            "flagged_count": metric["flagged_count"],
-            "flagged_ids": dg.MetadataValue.json(metric["flagged_ids"][:200]),
+            "flagged_count": metric.flagged_count,
+            "flagged_ids": dg.MetadataValue.json(metric.flagged_ids[:200]),
             "flagged_examples": dg.MetadataValue.md(
-                markdown_table(metric["examples"], ["id", "instruction", "response_excerpt", "why"])
+                markdown_table(metric.examples, ["id", "instruction", "response_excerpt", "why"])
             ),
         },
     )
@@ -80,8 +81,20 @@ def length_bias_check_result(asset: str, bias: dict[str, Any]) -> dg.AssetCheckR
     )
 
 
-def qc_check_results(asset: str, summary: dict[str, Any]) -> list[dg.AssetCheckResult]:
+def control_set_tables(report: dict[str, Any], good_column: str) -> dict[str, dg.MetadataValue]:
+    """A critic's (or judge's) report on the labelled control set as two tables: per kind of bad answer, how
+    often the good answer ranked above it (`good_column`) and how often it was rejected; and the misranked pairs."""
+    per_kind = [{"bad kind": k, good_column: v["good_above"], "rejected": v["rejected"]}
+                for k, v in report["per_kind"].items()]  # fmt: skip
+    misranked = ["item", "kind", "instruction", "bad_response", "bad_verdict", "good_verdict"]
+    return {
+        "per_kind": dg.MetadataValue.md(markdown_table(per_kind, ["bad kind", good_column, "rejected"])),
+        "misranked": dg.MetadataValue.md(markdown_table(report["misranked"], misranked)),
+    }
+
+
+def qc_check_results(asset: str, summary: QCSummary) -> list[dg.AssetCheckResult]:
     return [
-        *(metric_check_result(asset, n, summary["metrics"][n], summary["pairs"]) for n in QC_CHECK_DESCRIPTIONS),
-        length_bias_check_result(asset, summary["length_bias"]),
+        *(metric_check_result(asset, n, summary.metrics[n], summary.pairs) for n in QC_CHECK_DESCRIPTIONS),
+        length_bias_check_result(asset, summary.length_bias),
     ]

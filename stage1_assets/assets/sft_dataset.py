@@ -1,21 +1,20 @@
 """`sft_dataset`: all shards merged, critic-accepted, deduplicated and decontaminated."""
 
-import time
-
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from ..config import PROFILE
 from ..core import layout
-from ..core.artifacts import manifest_path, read_manifest
-from ..core.io import content_hash, read_jsonl
-from ..core.merge import cost_summary, merge_shards
+from ..core.artifacts import read_manifest
+from ..core.io import content_hash
+from ..core.merge import accelerator_seconds, cost_summary, merge_shards
 from ..core.report import markdown_table
 from ..core.shards import PRODUCER as SHARD_PRODUCER
 from ..core.shards import read_shard
+from ..materialize import Step, stage1_asset
+from ..partitions import finished_shards
 from ..resources import ProvenanceResource, Stage1Paths
-from .scale_shards import SHARD_PARTITIONS
 
 SFT_COLUMNS = ("id", "instruction", "response", "shard", "critic_score")
 
@@ -25,19 +24,11 @@ class SftDatasetConfig(dg.Config):
     budget: float = Field(default=100.0, ge=0.0, description="Budget for all shards, same currency.")
 
 
-def _accelerator_seconds(shard_manifest: dict) -> float:
-    """GPU time the shard took to generate, from its manifest (CPU time is not rented accelerator time)."""
-    if not str(shard_manifest.get("device")).startswith("cuda"):
-        return 0.0
-    return float(shard_manifest.get("generation_seconds") or 0.0)
-
-
-@dg.asset(
-    deps=["scale_shards", "test_instructions"],
-    group_name="scale",
+@stage1_asset(
+    stage="dataset",
+    group="scale",
     kinds={"jsonl", "parquet", "polars"},
-    owners=["team:stage1"],
-    tags={"stage": "dataset"},
+    deps=["scale_shards", "test_instructions"],
     check_specs=[
         dg.AssetCheckSpec(
             "budget_projection",
@@ -57,22 +48,17 @@ def sft_dataset(
     paths: Stage1Paths,
     provenance: ProvenanceResource,
 ):
-    started = time.perf_counter()
-    keys = SHARD_PARTITIONS.get_partition_keys()
-    shard_paths = {k: paths.fetch(*layout.shard_pairs(k)) for k in keys}  # from every host, via the store
-    missing = [k for k, p in shard_paths.items() if not p.exists()]
-    if missing:
-        raise dg.Failure(f"shards not materialized yet: {missing}; backfill scale_shards first")
-    for path in shard_paths.values():
-        paths.store().fetch(manifest_path(path))
+    step = Step(context, paths, provenance)
+    shard_paths = finished_shards(paths, context.instance)  # from every host, via the store
+    keys = list(shard_paths)
     # each shard is checked against the hash and row count its producer recorded, then parsed field by field
     rows = [row for k in keys for row in read_shard(shard_paths[k])]
     shard_manifests = {k: read_manifest(p, SHARD_PRODUCER) for k, p in shard_paths.items()}
-    test_path = paths.fetch_verified(layout.TEST_SET, producer="test_instructions")
-    tests = [r["instruction"] for r in read_jsonl(test_path, required=("instruction",))]
+    test_path, test_rows = paths.test_set()
+    tests = [r["instruction"] for r in test_rows]
     merged = merge_shards(rows, tests)
     kept = [{c: r[c] for c in SFT_COLUMNS} for r in merged.kept]
-    cost = cost_summary({k: _accelerator_seconds(m) for k, m in shard_manifests.items()}, len(keys), len(kept),
+    cost = cost_summary({k: accelerator_seconds(m) for k, m in shard_manifests.items()}, len(keys), len(kept),
                         config.price_per_accelerator_hour, config.budget)  # fmt: skip
     removed_by_step = merged.removed_by_step
     target = paths.path(layout.SFT_DATASET)
@@ -85,20 +71,7 @@ def sft_dataset(
         staging.write_jsonl(paths.path(layout.SFT_REMOVED), merged.removed)
         staging.manifest(target, "sft_dataset", rows=len(kept))
         dataset_hash = staging.hash(target)
-        provenance.commit(
-            context,
-            started,
-            staging,
-            paths,
-            inputs={f"shard:{k}": m["sha256"] for k, m in shard_manifests.items()}
-            | {"test_instructions": content_hash(test_path)},
-            outputs={"sft_dataset": target},
-            params=config.model_dump() | {"profile": PROFILE.name},
-            row_count=len(kept),
-            metrics={"input_pairs": len(rows), "removed_by_step": removed_by_step, "cost": cost},
-        )
-    yield dg.MaterializeResult(
-        metadata={
+        metadata = {
             "row_count": len(kept),
             "input_pairs": len(rows),
             "removed_critic_rejected": removed_by_step.get("critic_rejected", 0),
@@ -114,9 +87,14 @@ def sft_dataset(
             "removed_examples": dg.MetadataValue.md(
                 markdown_table(merged.removed[:10], ["id", "step", "why", "instruction"])
             ),
-        },
-        data_version=dg.DataVersion(dataset_hash[:16]),
-    )
+        }
+        result = step.materialized(
+            staging, dataset_hash, metadata, inputs={f"shard:{k}": m["sha256"] for k, m in shard_manifests.items()}
+            | {"test_instructions": content_hash(test_path)}, outputs={"sft_dataset": target},
+            params=config.model_dump() | {"profile": PROFILE.name}, row_count=len(kept),
+            metrics={"input_pairs": len(rows), "removed_by_step": removed_by_step, "cost": cost},
+        )  # fmt: skip
+    yield result
     yield dg.AssetCheckResult(
         check_name="budget_projection",
         passed=cost["within_budget"],

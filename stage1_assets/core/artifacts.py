@@ -18,11 +18,11 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from .io import InputFileError, jsonable, jsonl_text, read_json, sha256_file
+from .io import FieldType, InputFileError, field_problem, jsonable, jsonl_text, read_json, sha256_file
 
 MANIFEST_SUFFIX = ".manifest.json"
 STAGED_SUFFIX = ".staged.tmp"
@@ -31,6 +31,52 @@ MANIFEST_FIELDS = {"file": str, "sha256": str, "bytes": int}
 
 class ArtifactIntegrityError(InputFileError):
     """A produced file does not match what its producer recorded (or its record is missing)."""
+
+
+class ContractError(InputFileError):
+    """A JSON document one asset wrote and another reads lacks a key, or holds one of the wrong type."""
+
+
+def check_fields(
+    data: Mapping[str, Any],
+    source: str | Path,
+    required: Mapping[str, FieldType],
+    optional: Mapping[str, FieldType] | None = None,
+    what: str = "",
+) -> None:
+    """Refuse `data` (read from `source`, a file or a description) unless every `required` key is there with its
+    type and every `optional` key that is there has its type; the error names the source and the key."""
+    if not isinstance(data, Mapping):
+        raise ContractError(f"{source}: expected a JSON object, got {type(data).__name__}{what}")
+    for field, expected in {**required, **(optional or {})}.items():
+        if field in required or field in data:
+            problem = field_problem(data, field, expected)
+            if problem:
+                raise ContractError(f"{source}: {problem}{what}")
+
+
+class Document:
+    """Base of the frozen dataclasses that type a JSON document one asset writes and another reads.
+
+    `TYPES` names the document's keys, in the order they are written, with their types; the dataclass's
+    fields are the same keys. `from_dict` refuses a missing or mistyped key naming the source and the key;
+    `to_dict` gives the keys back in the same order. Subclasses with nested documents extend both.
+    """
+
+    TYPES: ClassVar[dict[str, FieldType]] = {}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | Path = "", what: str = "") -> Any:
+        check_fields(data, source or cls.__name__, cls.TYPES, what=what)
+        return cls(**{k: data[k] for k in cls.TYPES})
+
+    @classmethod
+    def read(cls, path: Path, what: str = "") -> Any:
+        """The document in the JSON file `path` (a missing, malformed or incomplete file is a named error)."""
+        return cls.from_dict(read_json(path, what=what), path, what)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.TYPES}
 
 
 def manifest_path(path: Path) -> Path:

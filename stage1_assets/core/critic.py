@@ -16,9 +16,8 @@ Two stages, both without sampling:
    A pair is accepted when no rule fired and the score reaches `confidence_threshold`.
 
 The signals and weights were chosen on the development half of the labelled control set, where
-per-token PMI alone (the earlier critic) ranked a good answer above a bad one in 57% of
-comparisons and preferred echoes and short answers; `bench/bench_critic_signals.py` prints the
-comparison, and the `critic_quality` check measures the result on the held-out half.
+per-token PMI alone (the earlier critic) preferred echoes and short answers (BENCHMARKS.md, critic
+quality); the `critic_quality` check measures the result on the held-out half.
 """
 
 from __future__ import annotations
@@ -107,15 +106,15 @@ class CriticScore:
 
 
 class Critic:
-    def __init__(self, model: Any, tokenizer: Any, params: CriticParams | None = None, packed: bool | None = None):
+    def __init__(self, model: Any, tokenizer: Any, params: CriticParams | None = None):
         self.params = params or CriticParams()
         shots = prompts.load_pool(prompts.QA_SHOTS)
-        self.good = LogprobScorer(model, tokenizer, prompts.shots_document(shots), packed=packed)
+        self.good = LogprobScorer(model, tokenizer, prompts.shots_document(shots))
         bad_shots = prompts.load_pool(prompts.BAD_SHOTS)
         bad_document = BAD_HEADER + "".join(
             prompts.PAIR_BLOCK.format(instruction=s.instruction, response=s.response) for s in bad_shots
         )
-        self.bad = LogprobScorer(model, tokenizer, bad_document, packed=packed)
+        self.bad = LogprobScorer(model, tokenizer, bad_document)
         self.end_ids = self.good.encode([RESPONSE_END])[0]
 
     def evidence(self, pairs: Sequence[tuple[str, str]]) -> list[Evidence]:

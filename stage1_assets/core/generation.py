@@ -1,10 +1,11 @@
 """Batched sampling engine for base-model completions (CPU and CUDA alike).
 
-Prompts are sorted by length and cut into left-padded batches (less padding). Decoding runs a
-KV-cached loop written here rather than `model.generate`, for two reasons:
+Prompts are sorted by length and cut into batches (less padding). Decoding runs a loop written
+here (core/decoding.py) rather than `model.generate`, because:
+  * the few-shot block every prompt of a call shares is computed once, not once per prompt;
   * stop sequences are checked on the text as it is produced, and rows that stop (or hit EOS)
-    are dropped from the batch and its cache as soon as they make up 1/8 of it, so finished rows
-    stop costing compute;
+    leave the batch, so finished rows stop costing compute;
+  * on CUDA a decode step is replayed as a CUDA graph instead of hundreds of kernel launches;
   * sampling noise is drawn per (seed, step, prompt index), so a prompt's completion does not
     depend on which other prompts share its batch, nor on the batch size (up to float rounding).
 That independence is what makes memory back-off safe: a batch that runs out of memory, or whose
@@ -13,7 +14,6 @@ estimated working memory exceeds the configured ceiling, is split in halves and 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from .config import SamplingParams
+from .decoding import DecodeSession, StopWatch, next_power_of_two
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,11 @@ FinishReason = Literal["stop", "eos", "length"]
 # remaining probability mass is negligible at the temperatures used here, and sorting the full
 # 262k-token vocabulary every step would dominate the decode time on CPU.
 CANDIDATE_POOL = 512
-# Finished rows leave the batch once they are at least 1/COMPACT_DIVISOR of it: compacting copies
-# the whole KV cache, so doing it for every single finished row would cost more than it saves.
+# Without CUDA graphs, finished rows leave the batch once they are at least 1/COMPACT_DIVISOR of it.
 COMPACT_DIVISOR = 8
+# With them, the batch runs at power-of-two sizes down to this one (a graph each): below it a step
+# costs about the same whatever the rows, and every size is one more capture.
+MIN_GRAPH_ROWS = 16
 # Enough trailing tokens to contain any stop sequence (each token decodes to >= 1 character).
 STOP_WINDOW_TOKENS = 16
 # Working-memory ceiling per batch, in MB, for every Generator of the process. On CPU, running out
@@ -81,12 +84,6 @@ class GenerationStats:
 BatchCallback = Callable[[list[int], list[Completion]], None]
 
 
-def cache_kwarg(model: Any) -> str:
-    """transformers >= 5.2x names the KV cache `cache`; older releases `past_key_values`."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def memory_ceiling_from_env() -> int | None:
     """`STAGE1_MEMORY_CEILING_MB` as a positive whole number of MB, or None when unset."""
     raw = os.environ.get(MEMORY_CEILING_ENV, "").strip()
@@ -112,16 +109,21 @@ def truncate_at_stop(text: str, stop_sequences: Sequence[str]) -> tuple[str, boo
 def sample_next(
     logits: torch.Tensor, history: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
 ) -> torch.Tensor:
-    """One token per row: repetition penalty, temperature, nucleus, inverse-CDF draw from `uniforms`."""
-    logits = logits.float()
+    """One token per row: repetition penalty, temperature, nucleus, inverse-CDF draw from `uniforms`.
+
+    The full-vocabulary work is kept to a few passes (it dominates a decode step at a 262k
+    vocabulary): penalty and temperature in place, then the candidates and the softmax normaliser.
+    """
+    logits = logits.float()  # a copy: the caller's logits are left alone
     if params.repetition_penalty != 1.0:
         seen = torch.gather(logits, 1, history)
         seen = torch.where(seen > 0, seen / params.repetition_penalty, seen * params.repetition_penalty)
-        logits = logits.scatter(1, history, seen)
+        logits.scatter_(1, history, seen)
     if params.temperature == 0.0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    top_probs, top_ids = probs.topk(min(CANDIDATE_POOL, probs.shape[-1]), dim=-1)
+    logits.div_(params.temperature)
+    top_logits, top_ids = logits.topk(min(CANDIDATE_POOL, logits.shape[-1]), dim=-1)
+    top_probs = torch.exp(top_logits - torch.logsumexp(logits, dim=-1, keepdim=True))
     cumulative = top_probs.cumsum(dim=-1)
     # keep a candidate while the mass before it is below top_p (the first one always survives)
     top_probs = torch.where(cumulative - top_probs < params.top_p, top_probs, torch.zeros_like(top_probs))
@@ -148,11 +150,12 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.device
-        self.cache_kwarg = cache_kwarg(model)
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
-        self.eos_ids = torch.tensor(sorted({int(e) for e in eos_ids if e is not None}), device=self.device)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(self.eos_ids[0])
+        self.eos_set = {int(e) for e in eos_ids if e is not None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_set)
+        self._call: tuple[list[list[int]], int, SamplingParams] = ([], 0, SamplingParams())
+        self._decode: DecodeSession | None = None
 
     def generate(
         self,
@@ -173,12 +176,12 @@ class Generator:
         encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         order = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(prompts)
+        all_caps = [min(params.max_new_tokens, length_caps[i]) if length_caps else params.max_new_tokens for i in order]
+        self._call, self._decode = ([encoded[i] for i in order], max(all_caps, default=1), params), None
         started, generated, splits = time.perf_counter(), 0, 0
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            caps = [
-                min(params.max_new_tokens, length_caps[i]) if length_caps else params.max_new_tokens for i in indices
-            ]
+            caps = all_caps[start : start + batch_size]
             completions, batch_splits = self._generate_with_backoff(
                 [encoded[i] for i in indices], indices, params, seed, caps
             )
@@ -194,6 +197,7 @@ class Generator:
                 "generated %d/%d rows, %.2f rows/s, %.1f tokens/s",
                 done, len(order), done / elapsed, generated / elapsed,
             )  # fmt: skip
+        self._decode = None  # the slots are the size of a batch: give them back
         if splits:
             log.warning("%d batch splits to stay within memory (batch size %d)", splits, batch_size)
         return results, GenerationStats(len(order), generated, time.perf_counter() - started, splits)
@@ -247,6 +251,7 @@ class Generator:
             except (RuntimeError, MemoryError) as exc:
                 if len(sequences) == 1 or not is_out_of_memory(exc):
                     raise
+                self._decode = None
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 why = f"out of memory ({str(exc).splitlines()[0][:120]})"
@@ -269,68 +274,81 @@ class Generator:
         )
         return [*first, *second], 1 + first_splits + second_splits
 
+    def _session(self, rows: int) -> DecodeSession:
+        """The call's decode session, made (again) when none holds `rows` rows."""
+        if self._decode is None or self._decode.rows < rows:
+            self._decode = None  # free the old slots before allocating new ones
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            sequences, new_tokens, params = self._call
+            self._decode = DecodeSession(
+                self.model, sequences, rows, new_tokens,
+                sampler=lambda logits, history, uniforms: sample_next(logits, history, params, uniforms),
+            )  # fmt: skip
+        return self._decode
+
+    @staticmethod
+    def _noise(global_ids: list[int], seed: int, steps: int) -> torch.Tensor:
+        """[steps, rows] uniforms: step t of prompt i draws from a generator seeded by (seed, t), at index i."""
+        size, columns = max(global_ids) + 1, torch.tensor(global_ids)
+        return torch.stack([
+            torch.rand(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))[columns]
+            for step in range(steps)
+        ])  # fmt: skip
+
+    def _running_rows(self, survivors: int, running: int, graphs: bool) -> int:
+        """How many rows the next step runs: compacting copies every slot, so it waits until it pays.
+
+        With CUDA graphs the batch shrinks through powers of two (one graph each); without, once
+        1/COMPACT_DIVISOR of it has finished.
+        """
+        if graphs:
+            return min(running, max(MIN_GRAPH_ROWS, next_power_of_two(survivors)))
+        return survivors if running - survivors >= max(1, running // COMPACT_DIVISOR) else running
+
     @torch.inference_mode()
     def _generate_batch(
         self, sequences: list[list[int]], global_ids: list[int], params: SamplingParams, seed: int, caps: list[int]
     ) -> list[Completion]:
-        from transformers import DynamicCache
-
         batch, width = len(sequences), max(len(s) for s in sequences)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            input_ids[row, width - len(seq) :] = torch.tensor(seq)
-            attention[row, width - len(seq) :] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-
-        active = torch.arange(batch, device=self.device)  # row -> index into `sequences`
-        history = input_ids
+        session = self._session(batch)
+        # the repetition penalty sees what the model saw: a padded row also sees the pad token
+        filler = [self.pad_id if len(s) < width else s[0] for s in sequences]
+        tokens = session.start_batch(sequences, self._noise(global_ids, seed, max(caps)), filler, self.pad_id).tolist()
+        watch = StopWatch(self.tokenizer, params.stop_sequences, STOP_WINDOW_TOKENS)
+        watching = [watch.new_row() for _ in range(batch)]
         new_tokens: list[list[int]] = [[] for _ in range(batch)]
         finish: list[FinishReason | None] = [None] * batch
-        row_ids = torch.tensor(global_ids)
-        step_input, step_positions = input_ids, positions
+        at = list(range(batch))  # at[p]: the batch row in position p of the session's buffers
+        # with graphs, a batch runs at a graph's size: the spare rows compute nothing anyone reads
+        running = min(session.rows, max(MIN_GRAPH_ROWS, next_power_of_two(batch))) if session.use_graphs else batch
         for step in range(max(caps)):
-            out = self.model(
-                input_ids=step_input, attention_mask=attention, position_ids=step_positions,
-                use_cache=True, logits_to_keep=1, **{self.cache_kwarg: cache},
-            )  # fmt: skip
-            noise = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            uniforms = torch.rand(int(row_ids.max()) + 1, generator=noise)[row_ids[active.cpu()]]
-            tokens = sample_next(out.logits[:, -1, :], history, params, uniforms)
-            history = torch.cat([history, tokens[:, None]], dim=1)
-            token_list = tokens.tolist()
-            is_eos = torch.isin(tokens, self.eos_ids).tolist()
-            keep: list[int] = []
-            for pos, row in enumerate(active.tolist()):
+            watch.learn(tokens)
+            survivors: list[int] = []
+            for pos, row in enumerate(at):
                 if finish[row] is not None:
                     continue  # finished earlier, waiting for the next compaction
-                if is_eos[pos]:
+                if tokens[pos] in self.eos_set:
                     finish[row] = "eos"
                     continue
-                new_tokens[row].append(token_list[pos])
-                tail = self.tokenizer.decode(new_tokens[row][-STOP_WINDOW_TOKENS:], skip_special_tokens=True)
-                if any(s in tail for s in params.stop_sequences):
+                new_tokens[row].append(tokens[pos])
+                if watch.stopped(watching[row], new_tokens[row]):
                     finish[row] = "stop"
                 elif len(new_tokens[row]) >= caps[row]:
                     finish[row] = "length"
                 else:
-                    keep.append(pos)
-            if not keep:
+                    survivors.append(pos)
+            if not survivors:
                 break
-            attention = torch.cat([attention, torch.ones_like(tokens)[:, None]], dim=1)
-            step_positions = step_positions[:, -1:] + 1
-            step_input = tokens[:, None]
-            if len(token_list) - len(keep) >= max(1, len(token_list) // COMPACT_DIVISOR):
-                keep_t = torch.tensor(keep, device=self.device)  # finished rows leave the batch and the cache
-                cache.batch_select_indices(keep_t)
-                active, attention, history = active[keep_t], attention[keep_t], history[keep_t]
-                step_input, step_positions = step_input[keep_t], step_positions[keep_t]
+            next_running = self._running_rows(len(survivors), running, session.use_graphs)
+            if next_running < running:
+                session.keep_rows(survivors, running)
+                at, running = [at[p] for p in survivors], next_running
+            tokens = session.decode(running, step).tolist()
 
         completions = []
-        for row, seq in enumerate(sequences):
-            text = self.tokenizer.decode(new_tokens[row], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for row, (seq, text) in enumerate(zip(sequences, texts, strict=True)):
             text, stopped = truncate_at_stop(text, params.stop_sequences)
             reason: FinishReason = "stop" if stopped else (finish[row] or "length")
             completion_tokens = len(new_tokens[row]) + (1 if reason == "eos" else 0)

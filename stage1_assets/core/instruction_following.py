@@ -270,28 +270,29 @@ class ExcludeKeywords(Constraint):
         return count_words(response) > 0 and not any(_phrase_pattern(k).search(response) for k in self.keywords)
 
 
+class _OneCase(Constraint):
+    """Has at least one letter, and none of the other case."""
+
+    case: ClassVar[str]  # the name of the str method that gives the wanted case: "lower" or "upper"
+
+    def check(self, response: str) -> bool:
+        return any(c.isalpha() for c in response) and response == getattr(response, self.case)()
+
+
 @_register
 @dataclass(frozen=True)
-class Lowercase(Constraint):
-    """Has at least one letter, and no uppercase letter."""
-
+class Lowercase(_OneCase):
     type_id: ClassVar[str] = "case:lowercase"
     description: ClassVar[str] = "the response is entirely in lowercase letters"
-
-    def check(self, response: str) -> bool:
-        return any(c.isalpha() for c in response) and response == response.lower()
+    case: ClassVar[str] = "lower"
 
 
 @_register
 @dataclass(frozen=True)
-class Uppercase(Constraint):
-    """Has at least one letter, and no lowercase letter."""
-
+class Uppercase(_OneCase):
     type_id: ClassVar[str] = "case:uppercase"
     description: ClassVar[str] = "the response is entirely in capital letters"
-
-    def check(self, response: str) -> bool:
-        return any(c.isalpha() for c in response) and response == response.upper()
+    case: ClassVar[str] = "upper"
 
 
 @_register

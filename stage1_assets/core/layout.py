@@ -11,6 +11,7 @@ store). A file another asset reads travels with its manifest, `<file>.manifest.j
     sft_removed.jsonl                     sft_dataset: what the merge removed, and why
     qc_summary.json                       qc_summary: metrics, thresholds, flagged examples
     adapters/<spec hash>/                 adapter_checkpoint: the PEFT adapter, its metrics and loss curve
+    adapters/latest.json                  adapter_checkpoint: which adapter is the latest (core/adapter.py)
     eval_report.json / .md                eval_report: the paired evaluation
 """
 
@@ -37,6 +38,7 @@ QC_PLOT = "qc_response_lengths.png"
 ADAPTERS = "adapters"
 TRAINING_METRICS = "training_metrics.json"
 LOSS_CURVE = "loss_curve.png"
+LATEST_ADAPTER = (ADAPTERS, "latest.json")  # parts, for `Stage1Paths.fetch(*parts)`
 
 EVAL_JSON = "eval_report.json"
 EVAL_MARKDOWN = "eval_report.md"

@@ -110,6 +110,13 @@ def merge_shards(rows: Sequence[dict[str, Any]], test_instructions: Sequence[str
     return MergeResult(kept, removed)
 
 
+def accelerator_seconds(shard_manifest: dict[str, Any]) -> float:
+    """GPU time a shard took to generate, from its manifest (CPU time is not rented accelerator time)."""
+    if not str(shard_manifest.get("device")).startswith("cuda"):
+        return 0.0
+    return float(shard_manifest.get("generation_seconds") or 0.0)
+
+
 def cost_summary(
     accelerator_seconds_by_shard: dict[str, float],
     num_shards: int,

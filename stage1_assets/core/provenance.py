@@ -290,6 +290,21 @@ class ProvenanceStore:
     def lineage(self, content_hash: str) -> list[dict[str, Any]]:
         return self.query(LINEAGE_SQL, [content_hash])
 
+    def recent_materializations(
+        self, asset_key: str, limit: int, timeout_s: float | None = None
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(params, metrics) of the last `limit` materializations of `asset_key`, newest first.
+
+        Raises TimeoutError like `query` when another process holds the database.
+        """
+        rows = self.query(
+            """SELECT params_json, metrics_json FROM records
+               WHERE asset_key = $1 AND kind = 'materialization' ORDER BY recorded_at DESC LIMIT $2""",
+            [asset_key, limit],
+            timeout_s=timeout_s,
+        )
+        return [(json.loads(r["params_json"]), json.loads(r["metrics_json"])) for r in rows]
+
     @contextmanager
     def _connect(self, timeout_s: float | None) -> Iterator[Any]:
         """Open the database, retrying while another process holds DuckDB's file lock."""

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 from . import stats
+from .artifacts import Document, check_fields
 from .config import QCThresholds
+from .io import FieldType
 from .prompts import TEMPLATE_DELIMITERS
 from .runaway import runaway_reason
 
@@ -195,3 +199,129 @@ def qc_by_group(rows: Sequence[dict[str, Any]], thresholds: QCThresholds, key: s
     for row in rows:
         groups.setdefault(str(row[key]), []).append(row)
     return {k: qc_summary(v, thresholds) for k, v in sorted(groups.items())}
+
+
+# ------------------------------------------------------------------ the QC summary as other assets read it
+
+NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class QCMetric(Document):
+    """One QC metric of a summary: its value against its threshold, and the pairs it flagged."""
+
+    value: float
+    threshold: float
+    rule: str
+    passed: bool
+    flagged_count: int
+    flagged_ids: list[Any]
+    examples: list[dict[str, Any]]
+
+    TYPES: ClassVar[dict[str, FieldType]] = {"value": NUMBER, "threshold": NUMBER, "rule": str, "passed": bool,
+                                              "flagged_count": int, "flagged_ids": list, "examples": list}  # fmt: skip
+
+    def failure(self, name: str) -> str | None:
+        """`name = value (needs rule)` when the metric failed, else None."""
+        return None if self.passed else f"{name} = {self.value:.4g} (needs {self.rule})"
+
+
+@dataclass(frozen=True)
+class TestOverlap(Document):
+    """How many SFT rows overlap the held-out test set (the SQL audit's count), with examples."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    count: int
+    method: str
+    examples: list[dict[str, Any]]
+    sft_rows: int
+
+    TYPES: ClassVar[dict[str, FieldType]] = {"count": int, "method": str, "examples": list, "sft_rows": int}
+
+
+@dataclass(frozen=True)
+class QCSummary(Document):
+    """`qc_summary(rows, thresholds)` as a typed document: the five metrics, the thresholds, the length bias.
+
+    `from_dict` refuses a missing or mistyped key, naming the file (`source`) and the key; `to_dict` gives back
+    exactly the keys (in the same order) `qc_summary` and the assets write.
+    """
+
+    pairs: int
+    passed: bool
+    thresholds: dict[str, Any]
+    metrics: dict[str, QCMetric]
+    length_bias: dict[str, Any]
+
+    TYPES: ClassVar[dict[str, FieldType]] = {"pairs": int, "passed": bool, "thresholds": dict, "metrics": dict,
+                                              "length_bias": dict}  # fmt: skip
+    NESTED: ClassVar[dict[str, Any]] = {}  # key -> the typed model of its value
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | Path = "QC summary", what: str = "") -> Any:
+        check_fields(data, source, cls.TYPES, what=what)
+        values = {k: data[k] for k in cls.TYPES}
+        values["metrics"] = {
+            name: QCMetric.from_dict(m, f"{source}: metrics.{name}") for name, m in data["metrics"].items()
+        }
+        for key, model in cls.NESTED.items():
+            values[key] = model.from_dict(data[key], f"{source}: {key}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["metrics"] = {name: m.to_dict() for name, m in self.metrics.items()}
+        for key in self.NESTED:
+            out[key] = out[key].to_dict()
+        return out
+
+    def failures(self) -> list[str]:
+        """`name = value (needs rule)` for each failed metric."""
+        return [f for name, m in self.metrics.items() if (f := m.failure(name))]
+
+
+@dataclass(frozen=True)
+class PilotQCSummary(QCSummary):
+    """A pilot iteration's `qc_summary.json`: the QC summary plus the two critic checks."""
+
+    critic_discrimination: dict[str, Any]
+    critic_quality: dict[str, Any]
+
+    TYPES: ClassVar[dict[str, FieldType]] = QCSummary.TYPES | {"critic_discrimination": dict, "critic_quality": dict}
+
+
+@dataclass(frozen=True)
+class DatasetQCSummary(QCSummary):
+    """`qc_summary.json` of the SFT dataset: the QC summary of every generated pair, per shard, the dataset's
+    overlap with the test set, and the hashes of the dataset and test set it describes (training's gate)."""
+
+    per_shard: dict[str, Any]
+    test_overlap: TestOverlap
+    sft_dataset_sha256: str
+    test_set_sha256: str
+
+    TYPES: ClassVar[dict[str, FieldType]] = QCSummary.TYPES | {
+        "per_shard": dict, "test_overlap": dict, "sft_dataset_sha256": str, "test_set_sha256": str,
+    }  # fmt: skip
+    NESTED: ClassVar[dict[str, Any]] = {"test_overlap": TestOverlap}
+
+    def training_refusal(
+        self, source: str | Path, dataset: str | Path, dataset_sha256: str, test_sha256: Callable[[], str]
+    ) -> str:
+        """Why training on `dataset` (its sha256) must not start ("" when it may): the summary describes another
+        version of it, a metric failed, it overlaps the test set, or it was computed on another test set (whose
+        sha256 `test_sha256()` gives: asked last, only when everything else passed)."""
+        if self.sft_dataset_sha256 != dataset_sha256:
+            return f"{source} describes another version of {dataset}: re-materialize qc_summary first"
+        failed = self.failures()
+        if self.test_overlap.count:
+            failed.append(f"test_overlap = {self.test_overlap.count} (needs 0)")
+        if failed:
+            return (
+                "refusing to train on a dataset that failed QC: " + "; ".join(failed) + ". Open the failed "
+                "qc_summary checks in the UI for the flagged examples."
+            )
+        if self.test_set_sha256 != test_sha256():
+            return f"{source} was computed against another test set: re-materialize qc_summary first"
+        return ""

@@ -8,7 +8,8 @@ from typing import Any
 
 def _cell(value: Any, max_chars: int) -> str:
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    text = " ".join(text.split()).replace("|", "\\|")
+    # a backslash is escaped too: before a pipe it would otherwise escape the pipe's escape
+    text = " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|")
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 

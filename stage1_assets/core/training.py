@@ -34,6 +34,7 @@ from . import prompts
 from .config import Strict
 from .io import atomic_write_json
 from .progress import Progress
+from .scoring import softcapped
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,8 @@ def load_base_for_training(model_dir: str, device: str, params: TrainingParams) 
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )  # fmt: skip
-        # No peft.prepare_model_for_kbit_training: it casts every non-quantized weight (the 262k x d
-        # embedding, tied to the output projection, and the norms) to fp32, which turns the residual
-        # stream, attention and vocabulary projection into fp32 work. Only the LoRA weights train,
-        # and peft keeps those in fp32 by itself. bench/bench_training_variants.py (two runs, opposite
-        # orders, H100, 1B shape): 13.3k tokens/s vs 9.7k with the prepared model; bf16 autocast on top
-        # made no difference beyond run-to-run noise (13.9k), so it is left out.
+        # No peft.prepare_model_for_kbit_training: its fp32 cast of the embedding and norms makes the whole
+        # forward fp32 work, and only the LoRA weights (fp32 already) train (BENCHMARKS.md, training variants).
         model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16,
                                                      device_map={"": device})  # fmt: skip
         return model, "4-bit NF4 (bitsandbytes, double quant, bf16 compute)"
@@ -179,10 +176,7 @@ def response_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     ).last_hidden_state
     targets = batch["labels"][:, 1:]
     selected = targets != -100
-    logits = causal.get_output_embeddings()(hidden[:, :-1][selected])
-    cap = getattr(causal.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = softcapped(causal.get_output_embeddings()(hidden[:, :-1][selected]), causal.config)
     return torch.nn.functional.cross_entropy(logits.float(), targets[selected])
 
 

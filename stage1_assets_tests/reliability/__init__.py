@@ -1,9 +1,20 @@
-"""Issue 8: bad input, crashes and concurrent runs lose nothing and explain themselves.
+"""Reliability tests, one module per failure class: what goes wrong, and what must hold when it does.
 
-One module per item: bad input (`test_bad_input`), crash safety (`test_crash_safety`), concurrency
-(`test_concurrency`), idempotence (`test_idempotence`), disk and memory (`test_disk_and_memory`).
-Integrity through Dagster itself, one module per failure class: runs whose process died
-(`test_dead_runs`), artifacts changed after they were written (`test_artifact_verification`),
-concurrent pilots (`test_concurrent_pilots`), outputs and provenance published together
-(`test_write_order`), a parameter change on a finished shard (`test_parameter_change`).
+- bad input (`test_bad_input`): a malformed file, run config or model is refused with a clear error
+  before any expensive work, and nothing is written;
+- crash safety (`test_crash_safety`): a process killed mid-shard, mid-merge or mid-training leaves
+  nothing half-written that looks complete, and re-materializing resumes;
+- concurrency (`test_concurrency`, `test_concurrent_pilots`): shard runs and pilots at once, with a
+  reader querying provenance, lose nothing and never collide;
+- dead runs (`test_dead_runs`): a run whose process died is marked failed and its partition runs again;
+- disk and memory (`test_disk_and_memory`): generation backs off on out-of-memory or a memory ceiling,
+  and a full disk fails cleanly;
+- idempotence (`test_idempotence`): unchanged inputs give the same content hash, a changed one a new artifact;
+- parameter change (`test_parameter_change`): a finished shard is never silently replaced by other parameters;
+- write order (`test_write_order`): outputs become visible only together with their provenance record;
+- artifact verification (`test_artifact_verification`): what an asset reads is checked against what its
+  producer wrote.
+
+`support.py` holds their helpers (synthetic shards, a reader that never trusts a file, Dagster runs in
+subprocesses); `conftest.py` the session fixtures several of them share.
 """

@@ -1,4 +1,4 @@
-"""What an asset reads is what its producer wrote: checked on read, never silently merged.
+"""Artifact verification: what an asset reads is what its producer wrote, checked on read and never silently merged.
 
 Every artifact another asset consumes has a sidecar manifest (sha256, size, rows) committed with
 it. A shard cut short at a line boundary still parses: only the check against its manifest notices,

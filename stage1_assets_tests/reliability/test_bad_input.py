@@ -1,4 +1,4 @@
-"""Item 1: bad input gets a clear error before expensive work, and leaves nothing behind.
+"""Bad input: a malformed file, config or model gets a clear error before expensive work, and leaves nothing behind.
 
 Every materialization here runs through Dagster with a model resource whose path does not exist
 (except where the model itself is the bad input): had the step loaded a model before validating,

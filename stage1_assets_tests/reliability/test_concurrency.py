@@ -1,4 +1,4 @@
-"""Item 3: four shard runs at once in separate processes, plus a reader querying provenance.
+"""Concurrency: four shard runs at once in separate processes, plus a reader querying provenance.
 
 The runs are `dagster asset materialize` CLI processes, as the run queue starts them (the instance
 admits four shard steps to the `gpu` pool), on the real embedded model with two pairs each.

@@ -1,4 +1,4 @@
-"""Two `pilot_data` runs at once get two iterations, each holding its own run's data and provenance.
+"""Concurrency (pilots): two `pilot_data` runs at once get two iterations, each with its own data and provenance.
 
 Both are `dagster asset materialize` processes started together on the tiny model (their QC checks
 fail, which is not the point: the materialization is committed before the checks are evaluated).

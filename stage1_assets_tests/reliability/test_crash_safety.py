@@ -1,4 +1,4 @@
-"""Item 2: SIGKILL during a shard, during the merge and during training, then re-materialize.
+"""Crash safety: SIGKILL during a shard, during the merge and during training, then re-materialize.
 
 Each test kills a real separate process with SIGKILL (nothing runs on the way out), checks that
 nothing half-written looks complete, resumes, and compares with an uninterrupted run. A reader
@@ -25,7 +25,7 @@ from stage1_assets.core.provenance import ProvenanceStore
 from stage1_assets.definitions import defs
 from stage1_assets.resources import ProvenanceResource, Stage1Paths
 
-from ..test_training import ROWS
+from ..support import ROWS
 from .support import REPO, Reader, is_temp_file, jsonl_line_count, wait_for, write_merge_inputs
 
 

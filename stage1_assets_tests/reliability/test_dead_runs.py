@@ -1,4 +1,4 @@
-"""A shard run killed mid-shard (SIGKILL to its process group): its run is failed, its shard runs again.
+"""Dead runs: a shard run killed mid-shard (SIGKILL to its process group) is failed, its shard runs again.
 
 Through Dagster itself, as a user runs it: `dagster asset materialize` (README: Shards and backfills)
 on the repository's dagster.yaml, then `dagster-daemon run` with the schedule turned on. Two shard

@@ -1,4 +1,4 @@
-"""Item 5: generation backs off on out-of-memory and under a memory ceiling; a full disk fails cleanly.
+"""Disk and memory: generation backs off on out-of-memory or a memory ceiling; a full disk fails cleanly.
 
 Splitting a batch is safe because a prompt's completion does not depend on its batch (per-prompt
 sampling noise), so every back-off test compares with an unconstrained run, row for row.
@@ -19,7 +19,7 @@ from stage1_assets.core.provenance import ProvenanceStore
 from stage1_assets.definitions import defs
 from stage1_assets.resources import ProvenanceResource, Stage1Paths
 
-from ..test_generation import PROMPTS
+from ..support import PROMPTS
 from .support import synthetic_shard_rows, tree, write_merge_inputs, write_shard
 
 SAMPLING = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=6, stop_sequences=["\x00"])

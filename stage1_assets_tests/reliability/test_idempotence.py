@@ -1,4 +1,4 @@
-"""Item 4: unchanged inputs and parameters give the same content hash; a changed one, a new artifact.
+"""Idempotence: unchanged inputs and parameters give the same content hash; a changed one, a new artifact.
 
 Which of the two: a shard whose spec (count, seed, parameters, model, prompts) is unchanged is
 *reused* (`reused_existing_shard`, no generation); the merge is *reproduced* (recomputed, and

