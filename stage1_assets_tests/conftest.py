@@ -57,6 +57,20 @@ def make_tiny_model_dir(target: Path, embedded_dir: Path, name_or_path: str = "t
     return target
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model in this process on one thread: it gains nothing from more, and on shared cores extra
+    threads spin (a tenfold slowdown on a loaded 2-core machine). The CLI runs get OMP_NUM_THREADS=1."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-base", embedded_dir)

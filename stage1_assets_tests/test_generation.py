@@ -10,13 +10,7 @@ from stage1_assets.core.config import SamplingParams
 from stage1_assets.core.decoding import StopWatch, shared_prefix_length
 from stage1_assets.core.generation import STOP_WINDOW_TOKENS, Generator, sample_next, truncate_at_stop
 
-PROMPTS = [
-    "The capital of France is",
-    "Instruction: List three fruits.\nResponse:",
-    "A much longer prompt that needs left padding when it shares a batch with the short ones above, so",
-    "1, 2, 3,",
-    "Once upon a time",
-]
+from .support import PROMPTS
 
 
 def test_greedy_batched_matches_transformers_generate(tiny_model):

@@ -7,7 +7,6 @@ completion is known; seeding, ids and the row format run on the tiny random mode
 import json
 
 import pytest
-import torch
 
 from stage1_assets.core import pairs, prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
@@ -171,17 +170,6 @@ TINY_PARAMS = pairs.GenerationParams(TINY_INSTRUCTIONS, TINY_RESPONSES, CriticPa
 @pytest.fixture(scope="module")
 def tiny_generator(tiny_model):
     return Generator(tiny_model.model, tiny_model.tokenizer)
-
-
-@pytest.fixture
-def one_torch_thread():
-    """The tiny model gains nothing from more threads, and on shared cores extra threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_tiny_model_instructions_are_clean_distinct_new_and_fixed_by_the_seed(tiny_generator, one_torch_thread):

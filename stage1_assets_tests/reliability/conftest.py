@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,17 +122,3 @@ def tiny_pilot_models(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: 
     torch.set_num_threads(threads)
     assert (data / "pilot" / "001" / "session_manifest.json").exists(), result.all_events[-1]
     return models
-
-
-@pytest.fixture
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model in this process on one thread: it gains nothing from more, and on shared cores extra
-    threads spin (a tenfold slowdown on a loaded 2-core machine). The CLI runs get OMP_NUM_THREADS=1."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
