@@ -1,7 +1,7 @@
 """The decode loop behind `Generator`: preallocated KV slots, a shared prompt prefix, CUDA graphs.
 
 One `DecodeSession` serves one `Generator.generate` call:
-  * the tokens every prompt of the call starts with (the few-shot block of a response prompt) are
+  * the tokens every prompt of a batch starts with (the few-shot block of a response prompt) are
     run through the model once and their keys and values copied into every row, so a batch only
     prefills what differs;
   * keys and values live in fixed slots `[rows, kv_heads, slots, head_dim]` per layer:
@@ -88,10 +88,10 @@ class KVSlots:
         for buffer in (*self.keys, *self.values):
             buffer[: len(index)] = buffer.index_select(0, index)
 
-    def copy_first_row(self, slots: int) -> None:
-        """Row 0's first `slots` slots into every row: the shared prefix."""
+    def copy_first_row(self, slots: int, rows: int) -> None:
+        """Row 0's first `slots` slots into rows 1..rows-1: the shared prefix."""
         for buffer in (*self.keys, *self.values):
-            buffer[1:, :, :slots] = buffer[:1, :, :slots]
+            buffer[1:rows, :, :slots] = buffer[:1, :, :slots]
 
 
 class StopWatch:
@@ -148,9 +148,7 @@ class DecodeSession:
         self.cache_kwarg = cache_kwarg(model)
         self.device = model.device
         self.config = model.config.get_text_config()
-        self.prefix = list(sequences[0][: shared_prefix_length(sequences)])
-        self.suffix_width = max(len(s) for s in sequences) - len(self.prefix)
-        self.prompt_width = len(self.prefix) + self.suffix_width
+        self.prompt_width = max(len(s) for s in sequences)
         self.new_tokens = new_tokens
         self.rows = rows
         # memory-efficient attention wants the key length a multiple of 8 (else its mask is copied)
@@ -175,7 +173,6 @@ class DecodeSession:
             layer_type: self.config.sliding_window if "sliding" in layer_type else None
             for layer_type in (getattr(self.config, "layer_types", None) or ["full_attention"])
         }
-        self._prefill_prefix()
 
     # --- masks ------------------------------------------------------------------------------------
     def _masks(self, rows: int, query_position: torch.Tensor, own_slot: torch.Tensor) -> Any:
@@ -210,22 +207,28 @@ class DecodeSession:
         return out.logits[:, -1, :]
 
     # --- prefill ----------------------------------------------------------------------------------
-    def _prefill_prefix(self) -> None:
-        width = len(self.prefix)
-        self.key_position[:, :width] = self.slot[:width]
-        if not width:
-            return
+    def _prefill_prefix(self, prefix: Sequence[int], rows: int) -> None:
+        """The tokens a batch's prompts share, through the model once (row 0), then copied to its other rows."""
+        width = len(prefix)
+        self.key_position[0] = torch.where(self.slot < width, self.slot, UNWRITTEN)
+        self.not_padding[0] = True
         self.cache.write_at = self.slot[:width]
         positions = self.slot[None, :width]
-        ids = torch.tensor([self.prefix], device=self.device)
+        ids = torch.tensor([list(prefix)], device=self.device)
         self._forward(ids, positions, self._masks(1, positions, self.slot[:width]))
-        self.cache.copy_first_row(width)
+        self.cache.copy_first_row(width, rows)
 
     def start_batch(
         self, sequences: Sequence[Sequence[int]], noise: torch.Tensor, history_filler: Sequence[int], pad_id: int
     ) -> torch.Tensor:
-        """Lay out a batch's rows, prefill their own tokens and sample each row's first token."""
-        rows, prefix, width = len(sequences), len(self.prefix), self.prompt_width
+        """Lay out a batch's rows, prefill their own tokens and sample each row's first token.
+
+        The batch's shared prefix is computed once: prompts are sorted by length, so a batch gathers
+        prompts with the same few-shot block more often than the whole call does.
+        """
+        rows, prefix, width = len(sequences), shared_prefix_length(sequences), self.prompt_width
+        if prefix:
+            self._prefill_prefix(sequences[0][:prefix], rows)
         suffixes = [s[prefix:] for s in sequences]
         batch_width = max(map(len, suffixes))
         start = width - batch_width  # slots [prefix, start) are padding for every row of this batch
