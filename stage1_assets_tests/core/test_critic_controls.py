@@ -21,7 +21,7 @@ from stage1_assets.core.io import read_jsonl
 from stage1_assets.core.merge import TestSetIndex
 from stage1_assets.core.prompts import TEMPLATE_DELIMITERS
 
-EXEMPLARS = Path(__file__).resolve().parents[1] / "data" / "exemplars"
+EXEMPLARS = Path(__file__).resolve().parents[2] / "data" / "exemplars"
 CONTROLS = EXEMPLARS / "critic_controls.jsonl"
 POOLS = ("train_instructions.jsonl", "test_instructions.jsonl", "qa_shots.jsonl")
 

@@ -24,7 +24,7 @@ import pytest
 from stage1_assets.core.provenance import ProvenanceStore
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 BIN = Path(sys.executable).parent
 LOCATION = {"repositoryLocationName": "stage1", "repositoryName": "__repository__"}

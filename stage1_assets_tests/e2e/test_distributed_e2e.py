@@ -24,7 +24,7 @@ from stage1_assets.definitions import defs
 from stage1_assets.resources import BaseModelResource, ProvenanceResource, Stage1Paths
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARDS = ("shard-000", "shard-001", "shard-002")
 SHARD_CONFIG = {"ops": {"scale_shards": {"config": {"count": 2}}}}
 # the QC gate is not what this test is about (test_pilot_e2e is): with a few pairs, one runaway is 17%

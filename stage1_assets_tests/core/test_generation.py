@@ -10,7 +10,7 @@ from stage1_assets.core.config import SamplingParams
 from stage1_assets.core.decoding import StopWatch, shared_prefix_length
 from stage1_assets.core.generation import STOP_WINDOW_TOKENS, Generator, sample_next, truncate_at_stop
 
-from .support import PROMPTS
+from ..support import PROMPTS
 
 
 def test_greedy_batched_matches_transformers_generate(tiny_model):

@@ -7,7 +7,7 @@ import pytest
 from stage1_assets.core import reference_qa as qa
 from stage1_assets.core.io import InputFileError
 
-from .support import exemplar_overlaps
+from ..support import exemplar_overlaps
 
 PARIS = qa.QAItem("q1", "geography", "What is the capital of France?", ("Paris",), ("Lyon", "Marseille"))
 SPIDER = qa.QAItem("q2", "animals", "How many legs does a spider have?", ("8", "eight"), ("6", "six"))

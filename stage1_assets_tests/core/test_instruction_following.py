@@ -7,7 +7,7 @@ import pytest
 from stage1_assets.core import instruction_following as inf
 from stage1_assets.core.io import InputFileError
 
-from .support import exemplar_overlaps
+from ..support import exemplar_overlaps
 
 CAT = {"text": "What do you call a baby cat?"}
 

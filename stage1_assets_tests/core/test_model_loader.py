@@ -7,7 +7,7 @@ import pytest
 from stage1_assets.core import model_loader
 from stage1_assets.core.model_loader import ModelGuardError
 
-from .conftest import make_tiny_model_dir
+from ..conftest import make_tiny_model_dir
 
 
 @pytest.mark.parametrize(

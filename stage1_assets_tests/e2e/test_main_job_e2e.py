@@ -12,7 +12,7 @@ import pytest
 from stage1_assets.core.provenance import ProvenanceStore
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_main_job_materializes_the_whole_graph(tmp_path):

@@ -9,7 +9,7 @@ from stage1_assets.core.io import atomic_write_json, atomic_write_jsonl, sha256_
 from stage1_assets.core.training import TrainingParams, encode_examples, epoch_batches, mean_loss, train_adapter
 from stage1_assets.resources import Stage1Paths
 
-from .support import ROWS
+from ..support import ROWS
 
 
 def test_loss_masks_the_prompt_and_truncation_is_reported(tiny_model):

@@ -20,7 +20,7 @@ import pytest
 from stage1_assets.core import guard, model_loader
 from stage1_assets.core.guard import FAMILIES_FILE, GuardVerdict, ModelGuardError, inspect_adapter, inspect_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAMILY_DATA = json.loads(FAMILIES_FILE.read_text(encoding="utf-8"))
 
 
