@@ -149,7 +149,6 @@ class DecodeSession:
         self.device = model.device
         self.config = model.config.get_text_config()
         self.prompt_width = max(len(s) for s in sequences)
-        self.new_tokens = new_tokens
         self.rows = rows
         # memory-efficient attention wants the key length a multiple of 8 (else its mask is copied)
         slots = -(-(self.prompt_width + new_tokens) // SLOT_ALIGNMENT) * SLOT_ALIGNMENT
