@@ -186,7 +186,7 @@ def logits_check(model, tokenizer, rows: int = 8, steps: int = 12) -> dict:
             recorded.append(logits[:rows].float().clone())
             return logits.argmax(dim=-1)
 
-        session = decoding.DecodeSession(model, sequences, rows, steps + 1, sampler)
+        session = decoding.DecodeSession(model, max(map(len, sequences)), rows, steps + 1, sampler)
         session.use_graphs = mode == "graphs" and session.use_graphs
         tokens = [session.start_batch(sequences, torch.rand(steps + 1, rows), [s[0] for s in sequences],
                                       tokenizer.pad_token_id)]  # fmt: skip

@@ -142,13 +142,13 @@ class StopWatch:
 class DecodeSession:
     """Slots, masks and decode-step graphs for the batches of one `generate` call."""
 
-    def __init__(self, model: Any, sequences: Sequence[Sequence[int]], rows: int, new_tokens: int,
-                 sampler: Sampler) -> None:  # fmt: skip
+    def __init__(self, model: Any, prompt_width: int, rows: int, new_tokens: int, sampler: Sampler) -> None:
+        """`prompt_width`: the longest prompt of the call, in tokens; `new_tokens`: its longest completion."""
         self.model, self.sampler = model, sampler
         self.cache_kwarg = cache_kwarg(model)
         self.device = model.device
         self.config = model.config.get_text_config()
-        self.prompt_width = max(len(s) for s in sequences)
+        self.prompt_width = prompt_width
         self.rows = rows
         # memory-efficient attention wants the key length a multiple of 8 (else its mask is copied)
         slots = -(-(self.prompt_width + new_tokens) // SLOT_ALIGNMENT) * SLOT_ALIGNMENT

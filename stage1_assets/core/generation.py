@@ -2,7 +2,7 @@
 
 Prompts are sorted by length and cut into batches (less padding). Decoding runs a loop written
 here (core/decoding.py) rather than `model.generate`, because:
-  * the few-shot block every prompt of a call shares is computed once, not once per prompt;
+  * the few-shot block the prompts of a batch share is computed once, not once per prompt;
   * stop sequences are checked on the text as it is produced, and rows that stop (or hit EOS)
     leave the batch, so finished rows stop costing compute;
   * on CUDA a decode step is replayed as a CUDA graph instead of hundreds of kernel launches;
@@ -154,7 +154,7 @@ class Generator:
         eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
         self.eos_set = {int(e) for e in eos_ids if e is not None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_set)
-        self._call: tuple[list[list[int]], int, SamplingParams] = ([], 0, SamplingParams())
+        self._call: tuple[int, int, SamplingParams] = (0, 0, SamplingParams())  # widest prompt, longest cap
         self._decode: DecodeSession | None = None
 
     def generate(
@@ -177,7 +177,8 @@ class Generator:
         order = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(prompts)
         all_caps = [min(params.max_new_tokens, length_caps[i]) if length_caps else params.max_new_tokens for i in order]
-        self._call, self._decode = ([encoded[i] for i in order], max(all_caps, default=1), params), None
+        widest = max((len(encoded[i]) for i in order), default=1)
+        self._call, self._decode = (widest, max(all_caps, default=1), params), None
         started, generated, splits = time.perf_counter(), 0, 0
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
@@ -280,9 +281,9 @@ class Generator:
             self._decode = None  # free the old slots before allocating new ones
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            sequences, new_tokens, params = self._call
+            prompt_width, new_tokens, params = self._call
             self._decode = DecodeSession(
-                self.model, sequences, rows, new_tokens,
+                self.model, prompt_width, rows, new_tokens,
                 sampler=lambda logits, history, uniforms: sample_next(logits, history, params, uniforms),
             )  # fmt: skip
         return self._decode
