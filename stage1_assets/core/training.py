@@ -6,6 +6,9 @@
   compute, LoRA adapters on all linear projections. CPU: plain LoRA on fp32 weights (bitsandbytes'
   CPU 4-bit path works but is several times slower than fp32 matmuls on a small model, and memory
   is not the constraint there); the choice is recorded as `quantization` in the metrics.
+* Each micro-batch is packed into fixed-shape chunks (`core/train_step.py`); on CUDA every chunk
+  replays one captured graph, under bf16 autocast, with Liger's fused Gemma 3 kernels where
+  installed — about 3x the tokens/s of an eager padded step (BENCHMARKS.md, QLoRA training).
 * Resumable: every `checkpoint_every` optimizer steps the adapter, optimizer, scheduler and step
   counter are saved to `checkpoints/step-NNNNNN/` (atomic directory rename). A killed run resumes
   from the newest checkpoint; the data order is a function of the seed and epoch, so the resumed
@@ -28,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from . import prompts
 from .config import Strict
 from .io import atomic_write_json
 from .progress import Progress
-from .scoring import softcapped
+from .train_step import ChunkStep, loss_sum, pack_chunks
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,28 @@ class TrainingParams(Strict):
     checkpoint_every: int = Field(default=20, ge=1, description="Optimizer steps between checkpoints.")
     seed: int = 0
     qlora_on_cuda: bool = Field(default=True, description="Load the base in 4-bit NF4 on CUDA (QLoRA).")
+    chunk_tokens: int = Field(
+        default=4096, ge=16, le=1 << 20,
+        description="Tokens per packed chunk (rows of max_seq_len tokens); on CUDA every chunk replays one graph.",
+    )  # fmt: skip
+    cuda_graphs: bool = Field(default=True, description="Capture the chunk step as a CUDA graph on CUDA.")
+    bf16_autocast: bool = Field(default=True, description="On CUDA, LoRA matmuls in bf16 (fp32 master weights).")
+    liger_kernels: bool = Field(
+        default=True, description="On CUDA, Liger's fused RMSNorm and GeGLU kernels for Gemma 3 (if installed)."
+    )
+
+    @model_validator(mode="after")
+    def _chunk_holds_a_sequence(self) -> TrainingParams:
+        if self.chunk_tokens < self.max_seq_len:
+            raise ValueError(
+                f"chunk_tokens ({self.chunk_tokens}) must be at least max_seq_len ({self.max_seq_len}): "
+                "a chunk's rows are max_seq_len tokens wide"
+            )
+        return self
+
+    @property
+    def chunk_rows(self) -> int:
+        return self.chunk_tokens // self.max_seq_len
 
 
 @dataclass
@@ -100,18 +125,6 @@ def split_validation(rows: Sequence[dict[str, Any]], fraction: float, seed: int)
     return [rows[i] for i in train], [rows[i] for i in val]
 
 
-def collate(batch: Sequence[Example], pad_id: int, device: Any) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[i, : len(e.labels)] = torch.tensor(e.labels)
-        mask[i, : len(e.input_ids)] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
-
-
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """A shuffled epoch in batches of similar length (less padding), a pure function of seed and epoch.
 
@@ -145,10 +158,31 @@ def load_base_for_training(model_dir: str, device: str, params: TrainingParams) 
         # forward fp32 work, and only the LoRA weights (fp32 already) train (BENCHMARKS.md, training variants).
         model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16,
                                                      device_map={"": device})  # fmt: skip
-        return model, "4-bit NF4 (bitsandbytes, double quant, bf16 compute)"
+        kernels = fuse_with_liger(model) if params.liger_kernels else ""
+        return model, "4-bit NF4 (bitsandbytes, double quant, bf16 compute)" + kernels
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     return model, f"none ({str(dtype).removeprefix('torch.')} LoRA)"
+
+
+def fuse_with_liger(model: Any) -> str:
+    """Liger's fused RMSNorm and GeGLU kernels on this Gemma 3 model (a captured step is bound by the GPU
+    time of Gemma's many small fp32 norm kernels; BENCHMARKS.md). Returns the suffix for `quantization`."""
+    if model.config.model_type != "gemma3_text":
+        return ""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_gemma3_text
+    except ImportError:
+        log.warning("liger-kernel is not installed (the `cuda` extra): training without its fused kernels")
+        return ""
+    from transformers.models.gemma3 import modeling_gemma3
+
+    classes = modeling_gemma3.Gemma3RMSNorm, modeling_gemma3.Gemma3MLP
+    try:
+        apply_liger_kernel_to_gemma3_text(rope=False, fused_linear_cross_entropy=False, model=model)
+    finally:  # it also swaps the module's classes, which would reach every Gemma 3 loaded later in the process
+        modeling_gemma3.Gemma3RMSNorm, modeling_gemma3.Gemma3MLP = classes
+    return " + Liger RMSNorm, GeGLU"
 
 
 def attach_lora(model: Any, params: TrainingParams) -> Any:
@@ -163,36 +197,17 @@ def attach_lora(model: Any, params: TrainingParams) -> Any:
     return get_peft_model(model, config)
 
 
-def response_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over labelled (response) tokens, projecting only those onto the vocabulary.
-
-    `model(**batch).loss` would build logits for every position: with Gemma's 262k-token vocabulary
-    that is 64 x 256 x 262k floats (17 GB in fp32) for one micro-batch, most of them for prompt and
-    padding positions whose loss is masked anyway.
-    """
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    selected = targets != -100
-    logits = softcapped(causal.get_output_embeddings()(hidden[:, :-1][selected]), causal.config)
-    return torch.nn.functional.cross_entropy(logits.float(), targets[selected])
-
-
 @torch.no_grad()
-def mean_loss(model: Any, examples: Sequence[Example], batch_size: int, pad_id: int) -> float:
+def mean_loss(model: Any, examples: Sequence[Example], params: TrainingParams, pad_id: int) -> float:
+    """Mean cross-entropy over the examples' response tokens (eager, packed like training)."""
     if not examples:
         return float("nan")
     model.eval()
-    total, tokens = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad_id, model.device)
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        total += float(response_loss(model, batch)) * n
-        tokens += n
+    chunks = pack_chunks(examples, params.chunk_rows, params.max_seq_len, pad_id, fixed_shape=False)
+    autocast = model.device.type == "cuda" and params.bf16_autocast
+    total = sum(float(loss_sum(model, [t.to(model.device) for t in c.tensors()], True, autocast)) for c in chunks)
     model.train()
-    return total / max(tokens, 1)
+    return total / max(sum(c.labelled for c in chunks), 1)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -280,11 +295,13 @@ def train_adapter(
         log.info("resuming from %s (step %d of %d)", checkpoint.name, step, total_steps)
     resumed_from = step
 
+    graphed = device.startswith("cuda") and params.cuda_graphs
+    chunk_step = ChunkStep(model, graphed, autocast=device.startswith("cuda") and params.bf16_autocast)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     started, trained_tokens = time.perf_counter(), 0
-    progress, tokens_at_last_step = Progress(total_steps, "steps", already_done=step), 0
-    micro_in_step = 0
+    progress = Progress(total_steps, "steps", already_done=step)
+    micro_in_step, step_tokens, step_labelled, step_loss = 0, 0, 0, torch.zeros((), device=model.device)
     for epoch in range(params.epochs):
         batches = epoch_batches([len(e.input_ids) for e in train], params.batch_size, params.seed, epoch)
         for b, indices in enumerate(batches):
@@ -292,10 +309,13 @@ def train_adapter(
                 continue  # done before the checkpoint we resumed from
             if step >= total_steps:
                 break
-            batch = collate([train[i] for i in indices], pad_id, model.device)
-            loss = response_loss(model, batch) / params.grad_accumulation
-            loss.backward()
-            trained_tokens += int(batch["attention_mask"].sum())
+            chunks = pack_chunks([train[i] for i in indices], params.chunk_rows, params.max_seq_len, pad_id,
+                                 fixed_shape=chunk_step.graphed)  # fmt: skip
+            labelled = sum(c.labelled for c in chunks)
+            for chunk in chunks:  # the micro-batch adds the gradient of its mean loss over response tokens
+                step_loss += chunk_step(chunk, 1.0 / (max(labelled, 1) * params.grad_accumulation))
+            step_tokens += sum(c.tokens for c in chunks)
+            step_labelled += labelled
             micro_in_step += 1
             micro_done = epoch * len(batches) + b + 1
             if micro_in_step < params.grad_accumulation and b < len(batches) - 1:
@@ -303,16 +323,17 @@ def train_adapter(
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=False)  # ChunkStep adds into these tensors
             micro_in_step = 0
             step += 1
-            record = {"step": step, "epoch": epoch, "train_loss": loss.item() * params.grad_accumulation,
-                      "lr": scheduler.get_last_lr()[0]}  # fmt: skip
+            record = {"step": step, "epoch": epoch, "train_loss": float(step_loss) / max(step_labelled, 1),
+                      "lr": scheduler.get_last_lr()[0], "tokens": step_tokens}  # fmt: skip
+            trained_tokens, step_tokens, step_labelled = trained_tokens + step_tokens, 0, 0
+            step_loss.zero_()
             if step % params.checkpoint_every == 0 or step == total_steps or b == len(batches) - 1:
-                record["val_loss"] = mean_loss(model, val, params.batch_size, pad_id)
+                record["val_loss"] = mean_loss(model, val, params, pad_id)
             history.append(record)
-            line = progress.advance(1, trained_tokens - tokens_at_last_step)
-            tokens_at_last_step = trained_tokens
+            line = progress.advance(1, record["tokens"])
             if on_step:
                 on_step(record, line)
             if step % params.checkpoint_every == 0 and step < total_steps:
@@ -328,6 +349,7 @@ def train_adapter(
     metrics = {
         "quantization": quantization,
         "device": device,
+        "cuda_graph": chunk_step.graph is not None,
         "steps": step,
         "total_steps": total_steps,
         "resumed_from_step": resumed_from,

@@ -31,12 +31,12 @@ def test_real_steps_lower_the_loss_and_the_adapter_reloads(tmp_path, real_model)
                             checkpoint_every=100)  # fmt: skip
     examples = encode_examples(real_model.tokenizer, ROWS, params.max_seq_len)
     pad = real_model.tokenizer.pad_token_id
-    before = mean_loss(real_model.model, examples, 4, pad)
+    before = mean_loss(real_model.model, examples, params, pad)
     result = train_adapter(real_model.info.path, real_model.tokenizer, ROWS, tmp_path / "a", params, device="cpu")
     assert result.metrics["steps"] == 8 and result.metrics["quantization"].startswith("none")
     base = AutoModelForCausalLM.from_pretrained(real_model.info.path, dtype=torch.float32)
     adapted = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
-    after = mean_loss(adapted, examples, 4, pad)
+    after = mean_loss(adapted, examples, params, pad)
     print(f"training loss on the tiny set: {before:.3f} -> {after:.3f}")
     assert after < before * 0.8
     batch = real_model.tokenizer(["Instruction: What do bees make?\nResponse:"], return_tensors="pt")
@@ -67,16 +67,6 @@ def test_gate_refuses_a_dataset_that_failed_qc(tmp_path):
     qc_summary_file(tmp_path, sha256_file(sft), overlap=2)
     with pytest.raises(dg.Failure, match="test_overlap = 2"):
         qc_gate(Stage1Paths(data_dir=str(tmp_path)), sft)
-
-
-def test_response_loss_equals_the_full_logits_loss(tiny_model):
-    from stage1_assets.core.training import collate, response_loss
-
-    examples = encode_examples(tiny_model.tokenizer, ROWS[:4], max_seq_len=256)
-    batch = collate(examples, tiny_model.tokenizer.pad_token_id, tiny_model.model.device)
-    with torch.no_grad():
-        expected = tiny_model.model(**batch).loss
-        assert float(response_loss(tiny_model.model, batch)) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_length_grouped_batches_cover_every_row_once_and_cut_padding():
