@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-LENGTH_GROUP_WINDOW = 32  # batches sorted by length together; larger = less padding, less random batches
+LENGTH_GROUP_WINDOW = 32  # batches sorted by length together (see epoch_batches)
 
 
 class TrainingParams(Strict):
@@ -126,11 +126,12 @@ def split_validation(rows: Sequence[dict[str, Any]], fraction: float, seed: int)
 
 
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """A shuffled epoch in batches of similar length (less padding), a pure function of seed and epoch.
+    """A shuffled epoch in batches of similar length, a pure function of seed and epoch.
 
     The shuffled order is cut into windows of LENGTH_GROUP_WINDOW batches; each window is sorted by
-    length and cut into batches, and the batches are shuffled again, so that batch composition
-    stays random while rows of a batch have similar lengths (padding costs compute, not tokens).
+    length and cut into batches, and the batches are shuffled again. This grouping cut the padding of
+    padded batches; packed chunks (core/train_step.py) have none to cut, but the order is kept so that
+    checkpoints written before packing resume on the batches they expect.
     """
     rng = random.Random(seed * 1_000 + epoch)
     order = list(range(len(lengths)))
