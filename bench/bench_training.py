@@ -69,7 +69,7 @@ def shipped_run(model_dir: str, tokenizer, device: str, params: TrainingParams, 
     m = result.metrics
     return steady(stamps, warmup) | {
         "whole_run_tokens_per_s": round(m["tokens_per_second"]), "peak_memory_mb": round(m["peak_memory_mb"]),
-        "cuda_graph": m["cuda_graph"], "quantization": m["quantization"],
+        "cuda_graph": m["cuda_graph"], "quantization": m["quantization"], "fused_kernels": m["fused_kernels"],
         "first_train_loss": round(m["first_train_loss"], 4), "final_train_loss": round(m["final_train_loss"], 4),
     }  # fmt: skip
 

@@ -98,6 +98,8 @@ def adapter_checkpoint(
         "adapter_dir": dg.MetadataValue.path(paths.location(out_dir)),
         "adapter_hash": adapter_hash,
         "quantization": metrics["quantization"],
+        "cuda_graph": metrics["cuda_graph"],
+        "fused_kernels": metrics["fused_kernels"],
         "steps": metrics["steps"],
         "resumed_from_step": metrics["resumed_from_step"],
         "train_examples": metrics["train_examples"],

@@ -159,8 +159,7 @@ def load_base_for_training(model_dir: str, device: str, params: TrainingParams) 
         # forward fp32 work, and only the LoRA weights (fp32 already) train (BENCHMARKS.md, training variants).
         model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16,
                                                      device_map={"": device})  # fmt: skip
-        kernels = fuse_with_liger(model) if params.liger_kernels else ""
-        return model, "4-bit NF4 (bitsandbytes, double quant, bf16 compute)" + kernels
+        return model, "4-bit NF4 (bitsandbytes, double quant, bf16 compute)"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     return model, f"none ({str(dtype).removeprefix('torch.')} LoRA)"
@@ -168,14 +167,14 @@ def load_base_for_training(model_dir: str, device: str, params: TrainingParams) 
 
 def fuse_with_liger(model: Any) -> str:
     """Liger's fused RMSNorm and GeGLU kernels on this Gemma 3 model (a captured step is bound by the GPU
-    time of Gemma's many small fp32 norm kernels; BENCHMARKS.md). Returns the suffix for `quantization`."""
+    time of Gemma's many small fp32 norm kernels; BENCHMARKS.md). Returns what was fused, or "none"."""
     if model.config.model_type != "gemma3_text":
-        return ""
+        return "none"
     try:
         from liger_kernel.transformers import apply_liger_kernel_to_gemma3_text
     except ImportError:
         log.warning("liger-kernel is not installed (the `cuda` extra): training without its fused kernels")
-        return ""
+        return "none"
     from transformers.models.gemma3 import modeling_gemma3
 
     classes = modeling_gemma3.Gemma3RMSNorm, modeling_gemma3.Gemma3MLP
@@ -183,7 +182,7 @@ def fuse_with_liger(model: Any) -> str:
         apply_liger_kernel_to_gemma3_text(rope=False, fused_linear_cross_entropy=False, model=model)
     finally:  # it also swaps the module's classes, which would reach every Gemma 3 loaded later in the process
         modeling_gemma3.Gemma3RMSNorm, modeling_gemma3.Gemma3MLP = classes
-    return " + Liger RMSNorm, GeGLU"
+    return "Liger RMSNorm, GeGLU"
 
 
 def attach_lora(model: Any, params: TrainingParams) -> Any:
@@ -268,6 +267,7 @@ def train_adapter(
     val = encode_examples(tokenizer, val_rows, params.max_seq_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model, quantization = load_base_for_training(model_dir, device, params)
+    fused = fuse_with_liger(model) if device.startswith("cuda") and params.liger_kernels else "none"
     model = attach_lora(model, params)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -351,6 +351,7 @@ def train_adapter(
         "quantization": quantization,
         "device": device,
         "cuda_graph": chunk_step.graph is not None,
+        "fused_kernels": fused,
         "steps": step,
         "total_steps": total_steps,
         "resumed_from_step": resumed_from,
