@@ -27,7 +27,7 @@ from stage1_assets.core import prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
 from stage1_assets.core.critic import Critic
 from stage1_assets.core.generation import Generator
-from stage1_assets.core.training import TrainingParams, train_adapter
+from stage1_assets.core.training import TrainingParams, fuse_with_liger, train_adapter
 
 # Gemma 3 1B text-model shape (hidden 1152, 26 layers, GQA 4:1, 262k vocab): ~1.0B parameters.
 GEMMA3_1B = {"hidden_size": 1152, "intermediate_size": 6912, "num_hidden_layers": 26, "num_attention_heads": 4,
@@ -333,10 +333,12 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--only", default="generation,graphs,critic,shard,training")
     parser.add_argument("--profile", action="store_true", help="write the top CUDA kernels of each phase to $OUT")
+    parser.add_argument("--liger", action="store_true", help="Liger's fused RMSNorm/GeGLU on the model (as training)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     model, tokenizer = build_model(args.tokenizer_dir, args.arch, args.device)
-    result = {"arch": f"gemma3-{args.arch} (random weights)",
+    fused = fuse_with_liger(model) if args.liger else "none"
+    result = {"arch": f"gemma3-{args.arch} (random weights)", "fused_kernels": fused,
               "parameters": sum(p.numel() for p in model.parameters()), "device": args.device,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "torch": torch.__version__, "transformers": transformers.__version__,
