@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from stage1_assets.core import prompts
+from stage1_assets.core import kernels, prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
 from stage1_assets.core.critic import Critic
 from stage1_assets.core.generation import Generator
-from stage1_assets.core.training import TrainingParams, fuse_with_liger, train_adapter
+from stage1_assets.core.kernels import NO_FUSED_KERNELS, fuse_with_liger, inference_attention
+from stage1_assets.core.training import TrainingParams, train_adapter
 
 # Gemma 3 1B text-model shape (hidden 1152, 26 layers, GQA 4:1, 262k vocab): ~1.0B parameters.
 GEMMA3_1B = {"hidden_size": 1152, "intermediate_size": 6912, "num_hidden_layers": 26, "num_attention_heads": 4,
@@ -39,18 +40,25 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_model(tokenizer_dir: str, arch: str, device: str, dtype: torch.dtype | None = None):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def build_model(tokenizer_dir: str, arch: str, device: str, dtype: torch.dtype | None = None, gguf: str | None = None):
+    """Random weights of `arch`, or the real weights of a GGUF file (the embedded model's, dequantized as the
+    pipeline converts it)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.padding_side = "left"
+    if gguf:
+        model = AutoModelForCausalLM.from_pretrained(Path(gguf).parent, gguf_file=Path(gguf).name,
+                                                     quantization_config=GgufConfig(dequantize=True))  # fmt: skip
+        return model.to(device=device, dtype=dtype).eval(), tokenizer
     config = AutoConfig.from_pretrained(tokenizer_dir)
     if arch == "1b":
         config.update(GEMMA3_1B)
         config.layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(26)]
-    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.padding_side = "left"
+    with torch.device(device):  # initialised where it runs: a 1B model's random init on the host takes a minute
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     return model, tokenizer
 
 
@@ -81,13 +89,14 @@ def hf_generate_batched(model, tokenizer, device: str, texts: list[str], caps: l
     batches as the engine makes them. A batch runs to its longest cap; only the rows' own caps count as useful."""
     order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i])["input_ids"]))
     useful = 0
-    for start in range(0, len(order), batch):
-        rows = order[start : start + batch]
-        enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True).to(device)
-        longest = max(caps[i] for i in rows)
-        model.generate(**enc, max_new_tokens=longest, min_new_tokens=longest, do_sample=True, temperature=0.4,
-                       top_p=0.9, repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        useful += sum(caps[i] for i in rows)
+    with inference_attention(model.device):  # the engine's attention backends, for both
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True).to(device)
+            longest = max(caps[i] for i in rows)
+            model.generate(**enc, max_new_tokens=longest, min_new_tokens=longest, do_sample=True, temperature=0.4,
+                           top_p=0.9, repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            useful += sum(caps[i] for i in rows)
     return useful
 
 
@@ -98,11 +107,15 @@ def bench_generation(model, tokenizer, device: str, rows: int, batch: int, peer_
     caps = length_caps(rows, seed=2)
     gen = Generator(model, tokenizer)
     gen.generate(texts[:8], params, batch_size=8, seed=0, length_caps=[4] * 8)  # warm-up
-    (_, stats), engine_s = timed(device, lambda: gen.generate(texts, params, batch, seed=0, length_caps=caps))
+    (completions, stats), engine_s = timed(device, lambda: gen.generate(texts, params, batch, seed=0,
+                                                                        length_caps=caps))  # fmt: skip
     _, breakdown = engine_breakdown(lambda: gen.generate(texts, params, batch, seed=0, length_caps=caps))
+    # the peer makes the tokens each row needed: its cap, or where a real model stopped (a batch of HF
+    # `generate` with stop strings runs until its last row stops)
+    needed = [c.completion_tokens for c in completions]
     hf_generate_batched(model, tokenizer, device, texts[:8], [4] * 8, 8)  # warm-up
     peer_tokens, peer_s = timed(
-        device, lambda: hf_generate_batched(model, tokenizer, device, texts[:peer_rows], caps[:peer_rows], batch)
+        device, lambda: hf_generate_batched(model, tokenizer, device, texts[:peer_rows], needed[:peer_rows], batch)
     )
     engine_tps, peer_tps = stats.generated_tokens / engine_s, peer_tokens / peer_s
     return {"rows": rows, "batch_size": batch, "generated_tokens": stats.generated_tokens,
@@ -111,18 +124,21 @@ def bench_generation(model, tokenizer, device: str, rows: int, batch: int, peer_
             "hf_generate_rows": peer_rows, "hf_generate_seconds": round(peer_s, 2),
             "hf_generate_tokens_per_s": round(peer_tps, 1), "engine_over_hf_generate": round(engine_tps / peer_tps, 2),
             "mean_prompt_tokens": round(sum(len(tokenizer(t)["input_ids"]) for t in texts[:64]) / min(64, rows), 1),
-            "mean_cap_tokens": round(sum(caps) / rows, 1)}  # fmt: skip
+            "mean_cap_tokens": round(sum(caps) / rows, 1),
+            "mean_completion_tokens": round(sum(needed) / rows, 1)}  # fmt: skip
 
 
-def graphs_agree(model, tokenizer, rows: int, batch: int) -> dict:
+def graphs_agree(model, tokenizer, rows: int, batch: int, peak: bool = True) -> dict:
     """Completions with the decode step replayed as CUDA graphs, run eagerly, and from plain HF `generate`
     (greedy), same prompts. Random weights give near-flat next-token distributions, where any rounding
-    difference changes the draw, so the final norm is scaled up for this check (peaked, model-like logits)."""
+    difference changes the draw, so with `peak` the final norm is scaled up for this check (peaked,
+    model-like logits); real weights are checked as they are (scaling theirs saturates the logits into ties)."""
     import stage1_assets.core.decoding as decoding
 
     norm = model.get_decoder().norm.weight
     saved = norm.detach().clone()
-    norm.data.fill_(30.0)
+    if peak:
+        norm.data.fill_(30.0)
     try:
         params = ResponseSampling()
         _, texts = response_prompts(rows, seed=9)
@@ -215,8 +231,11 @@ def _plain_last_logits(model, sequences) -> torch.Tensor:
                           for s in sequences])  # fmt: skip
 
 
-def bench_shard(model, tokenizer, device: str, pairs: int, batch: int, critic_batch: int) -> dict:
-    """Instruction + response generation + critic for one shard, with the prompts `core.pairs` builds."""
+def bench_shard(
+    model, tokenizer, device: str, pairs: int, batch: int, critic_batch: int, repeats: int = 1, breakdown: bool = False
+) -> dict:
+    """Instruction + response generation + critic for one shard, with the prompts `core.pairs` builds. The
+    first run is the figure (a shard is a process of its own); later runs in this process show the warm cost."""
     gen = Generator(model, tokenizer)
     pool = prompts.load_pool(prompts.TRAIN_POOL)
     shots = prompts.load_pool(prompts.QA_SHOTS)
@@ -225,48 +244,53 @@ def bench_shard(model, tokenizer, device: str, pairs: int, batch: int, critic_ba
     instr_prompts = [prompts.instruction_prompt(pool, rng) for _ in range(n_instr)]
     instructions = [rng.choice(pool).instruction for _ in range(pairs)]
     critic = Critic(model, tokenizer, CriticParams(batch_size=critic_batch))
+    response_prompts_ = [prompts.response_prompt(i, shots) for i in instructions]
+    responses: list = []
+    steps = {
+        "instructions": lambda: gen.generate(instr_prompts, InstructionSampling(), batch, seed=0,
+                                             length_caps=length_caps(n_instr, 6, 16, 48)),
+        "responses": lambda: responses.append(gen.generate(response_prompts_, ResponseSampling(), batch, seed=1,
+                                                           length_caps=length_caps(pairs, 7))[0]),
+        "critic": lambda: critic.score([(i, c.text) for i, c in zip(instructions, responses.pop(), strict=True)]),
+    }  # fmt: skip
     parts = {}
 
     def shard():
-        _, parts["instructions"] = timed(
-            device,
-            lambda: gen.generate(
-                instr_prompts, InstructionSampling(), batch, seed=0, length_caps=length_caps(n_instr, 6, 16, 48)
-            ),
-        )
-        (out, _), parts["responses"] = timed(
-            device,
-            lambda: gen.generate(
-                [prompts.response_prompt(i, shots) for i in instructions],
-                ResponseSampling(),
-                batch,
-                seed=1,
-                length_caps=length_caps(pairs, 7),
-            ),
-        )
-        _, parts["critic"] = timed(
-            device, lambda: critic.score([(i, c.text) for i, c in zip(instructions, out, strict=True)])
-        )
+        for name, step in steps.items():
+            if breakdown:  # synchronised around every engine and critic call: for reading, not for the figure
+                (_, spent), seconds = timed(device, lambda step=step: engine_breakdown(step))
+                parts[f"{name}_breakdown"] = {"seconds": round(seconds, 2), **spent}
+            else:
+                parts[f"{name}_seconds"] = round(timed(device, step)[1], 2)
 
-    _, seconds = timed(device, shard)
-    return {"pairs": pairs, "seconds": round(seconds, 1), **{f"{k}_seconds": round(v, 2) for k, v in parts.items()},
-            "projected_gpu_hours_15000": round(seconds * 15_000 / pairs / 3600, 3)}  # fmt: skip
+    runs = []
+    for _ in range(repeats):
+        _, seconds = timed(device, shard)
+        runs.append({"seconds": round(seconds, 1), **parts})
+    hours = runs[0]["seconds"] * 15_000 / pairs / 3600
+    return {"pairs": pairs, **runs[0], "projected_gpu_hours_15000": round(hours, 3),
+            **({"warm_runs": runs[1:]} if repeats > 1 else {})}  # fmt: skip
 
 
 def engine_breakdown(fn) -> tuple[object, dict]:
-    """Run `fn`, timing the engine's prefill, decode steps and graph captures (synchronized: for reading only)."""
+    """Run `fn`, timing the engine's prefill, decode steps and graph captures and the critic's document
+    prefill and forward passes (synchronized: for reading only). What is left of a part is host work."""
     import stage1_assets.core.decoding as decoding
+    import stage1_assets.core.scoring as scoring
 
-    spent = {"prefill": 0.0, "decode": 0.0, "capture": 0.0, "steps": 0}
-    originals = {name: getattr(decoding.DecodeSession, name) for name in ("start_batch", "decode", "_graph")}
+    timed_methods = ((decoding.DecodeSession, "start_batch", "prefill"), (decoding.DecodeSession, "decode", "decode"),
+                     (decoding.DecodeSession, "_graph", "capture"), (scoring.LogprobScorer, "_prefix", "critic_prefix"),
+                     (scoring.LogprobScorer, "_token_logprobs_of", "critic_forward"))  # fmt: skip
+    spent = dict.fromkeys(["prefill", "decode", "capture", "critic_prefix", "critic_forward", "steps"], 0.0)
+    originals = {(cls, name): getattr(cls, name) for cls, name, _ in timed_methods}
 
-    def timing(name, key):
+    def timing(cls, name, key):
         def wrapper(self, *args, **kwargs):
             if key == "capture" and args[0] in self.graphs:
-                return originals[name](self, *args, **kwargs)
+                return originals[cls, name](self, *args, **kwargs)
             sync(str(self.device))
             start = time.perf_counter()
-            out = originals[name](self, *args, **kwargs)
+            out = originals[cls, name](self, *args, **kwargs)
             sync(str(self.device))
             spent[key] += time.perf_counter() - start
             spent["steps"] += key == "decode"
@@ -274,15 +298,15 @@ def engine_breakdown(fn) -> tuple[object, dict]:
 
         return wrapper
 
-    for name, key in (("start_batch", "prefill"), ("decode", "decode"), ("_graph", "capture")):
-        setattr(decoding.DecodeSession, name, timing(name, key))
+    for cls, name, key in timed_methods:
+        setattr(cls, name, timing(cls, name, key))
     try:
         out = fn()
     finally:
-        for name, original in originals.items():
-            setattr(decoding.DecodeSession, name, original)
+        for (cls, name), original in originals.items():
+            setattr(cls, name, original)
     spent["decode"] -= spent["capture"]  # a capture happens inside the decode call that first needs it
-    return out, {k: round(v, 3) for k, v in spent.items()}
+    return out, {k: round(v, 3) for k, v in spent.items() if v}
 
 
 def bench_training(model, tokenizer, device: str, steps: int, batch: int, workdir: Path) -> dict:
@@ -313,8 +337,11 @@ def profiled(fn, path: Path) -> dict:
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         out = fn()
-    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70))
-    print(path.read_text()[:6000], flush=True)
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by=key, row_limit=40, max_name_column_width=70)
+              for key in ("cuda_time_total", "self_cpu_time_total")]  # fmt: skip
+    path.write_text("\n\n".join(tables))
+    print(tables[0][:5000], tables[1][:5000], sep="\n", flush=True)
     return out
 
 
@@ -322,6 +349,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokenizer-dir", required=True)
     parser.add_argument("--arch", choices=["270m", "1b"], default="1b")
+    parser.add_argument("--gguf", help="real weights: the embedded model's GGUF file (with --arch 270m)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=256)
@@ -329,30 +357,46 @@ def main() -> None:
     parser.add_argument("--critic-pairs", type=int, default=1024, help="pairs per call (a full-profile batch)")
     parser.add_argument("--critic-batch", type=int, default=512)
     parser.add_argument("--shard-pairs", type=int, default=1500)
+    parser.add_argument("--shard-repeats", type=int, default=1, help="later runs show the warm cost")
+    parser.add_argument("--breakdown", action="store_true", help="time the shard's engine and critic calls apart")
+    parser.add_argument("--cudnn-attention", action="store_true", help="let inference attention use cuDNN "
+                        "(the pipeline leaves it out: core/kernels.py)")
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--only", default="generation,graphs,critic,shard,training")
     parser.add_argument("--profile", action="store_true", help="write the top CUDA kernels of each phase to $OUT")
-    parser.add_argument("--liger", action="store_true", help="Liger's fused RMSNorm/GeGLU on the model (as training)")
+    parser.add_argument("--no-fused-kernels", action="store_true", help="without Liger's kernels (the pipeline's "
+                        "default on CUDA: core/kernels.py)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    model, tokenizer = build_model(args.tokenizer_dir, args.arch, args.device)
-    fused = fuse_with_liger(model) if args.liger else "none"
-    result = {"arch": f"gemma3-{args.arch} (random weights)", "fused_kernels": fused,
+    if args.cudnn_attention:
+        from torch.nn.attention import SDPBackend
+
+        backends = kernels.inference_sdpa_backends()
+        kernels.inference_sdpa_backends = lambda: [SDPBackend.CUDNN_ATTENTION, *backends]
+    if args.gguf and args.arch != "270m":
+        parser.error("--gguf holds the 270M model's weights: use it with --arch 270m")
+    build = lambda: build_model(args.tokenizer_dir, args.arch, args.device, gguf=args.gguf)  # noqa: E731
+    (model, tokenizer), build_seconds = timed(args.device, build)
+    fused = fuse_with_liger(model) if args.device.startswith("cuda") and not args.no_fused_kernels else NO_FUSED_KERNELS
+    weights = "real weights: " + Path(args.gguf).name if args.gguf else "random weights"
+    result = {"arch": f"gemma3-{args.arch} ({weights})", "fused_kernels": fused,
               "parameters": sum(p.numel() for p in model.parameters()), "device": args.device,
+              "model_build_seconds": round(build_seconds, 1), "cudnn_attention": args.cudnn_attention,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "torch": torch.__version__, "transformers": transformers.__version__,
               "command": "python3 bench/bench_gpu.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     only = set(args.only.split(","))
     out_dir = Path(os.environ.get("OUT", "/tmp"))
-    phases = (
+    phases = (  # the shard first: a shard runs as a process of its own, so its figure is taken cold
+        ("shard", lambda: bench_shard(model, tokenizer, args.device, args.shard_pairs, args.batch, args.critic_batch,
+                                      args.shard_repeats, args.breakdown)),
         ("generation", lambda: bench_generation(model, tokenizer, args.device, args.rows, args.batch,
                                                 args.peer_rows or args.rows)),
-        ("graphs", lambda: graphs_agree(model, tokenizer, min(args.rows, 512), args.batch)),
+        ("graphs", lambda: graphs_agree(model, tokenizer, min(args.rows, 512), args.batch, peak=not args.gguf)),
         ("logits", lambda: logits_check(model, tokenizer)),
         ("critic", lambda: bench_critic(model, tokenizer, args.device, args.critic_pairs, args.critic_batch)),
-        ("shard", lambda: bench_shard(model, tokenizer, args.device, args.shard_pairs, args.batch, args.critic_batch)),
         ("training", lambda: bench_training(model, tokenizer, args.device, args.train_steps, args.train_batch,
                                             Path("/tmp/stage1_bench_train"))),
     )  # fmt: skip
@@ -364,7 +408,7 @@ def main() -> None:
             gc.collect()
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-    (out_dir / f"bench_gpu_{args.arch}.json").write_text(json.dumps(result, indent=2))
+    (out_dir / f"bench_gpu_{args.arch}{'_real' if args.gguf else ''}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

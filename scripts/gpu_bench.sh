@@ -4,6 +4,9 @@
 #   bash scripts/gpu_bench.sh carry [DIR]     # here, with registry access: wheels + tokenizer into DIR
 #   bash scripts/gpu_bench.sh run DIR [SCRIPT.py] ARGS…   # there: install the wheels, run SCRIPT
 #                                                      # (default bench/bench_gpu.py) with ARGS
+#   bash scripts/gpu_bench.sh weights [DIR]   # here: the embedded model's real weights (its GGUF file) in
+#                                             # parts of 58 MiB, with the gguf wheel that reads them;
+#   WEIGHTS=DIR bash scripts/gpu_bench.sh run … --arch 270m   # there: reassembled and passed as --gguf
 #
 # The carry holds what the host image lacks for the benchmarks (pydantic and its compiled core,
 # annotated-types, typing-inspection; transformers >= 5.24, whose GGUF tokenizer conversion is
@@ -22,6 +25,14 @@ case "${1:-}" in
       --requirement "bitsandbytes>=0.45" --requirement "liger-kernel>=0.6"
     du -sh "$out"
     ;;
+  weights)
+    out="${2:-.bench-weights}"
+    gguf=$(.venv/bin/python -c "from stage1_assets.core import model_loader as m; print(m.embedded_gguf())")
+    rm -rf "$out" && mkdir -p "$out"
+    split -b 58m -d "$gguf" "$out/model.gguf.part"
+    .venv/bin/pip download -q --no-deps -d "$out" "gguf==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("gguf"))')"
+    ls -la "$out"
+    ;;
   run)
     carry="$2" && shift 2
     site="${TMPDIR:-/tmp}/stage1-bench-site"
@@ -30,10 +41,16 @@ case "${1:-}" in
     done
     script=bench/bench_gpu.py
     if [[ "${1:-}" == *.py ]]; then script="$1" && shift; fi
-    PYTHONPATH="$site:$PWD" python3 "$script" --tokenizer-dir "$carry/tokenizer" "$@"
+    weights=()
+    if [[ -n "${WEIGHTS:-}" ]]; then
+      cat "$WEIGHTS"/model.gguf.part* > "$site.gguf"
+      for wheel in "$WEIGHTS"/*.whl; do python3 -m zipfile -e "$wheel" "$site"; done
+      weights=(--gguf "$site.gguf")
+    fi
+    PYTHONPATH="$site:$PWD" python3 "$script" --tokenizer-dir "$carry/tokenizer" "${weights[@]}" "$@"
     ;;
   *)
-    echo "usage: $0 carry [DIR] | run DIR [SCRIPT.py] [its arguments]" >&2
+    echo "usage: $0 carry [DIR] | weights [DIR] | [WEIGHTS=DIR] run DIR [SCRIPT.py] [its arguments]" >&2
     exit 2
     ;;
 esac

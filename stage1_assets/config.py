@@ -36,5 +36,5 @@ class GenerationConfig(dg.Config):
 
     instruction_sampling: InstructionSamplingConfig = InstructionSamplingConfig()
     response_sampling: ResponseSamplingConfig = ResponseSamplingConfig()
-    critic: CriticConfig = CriticConfig()
+    critic: CriticConfig = CriticConfig(batch_size=PROFILE.critic_batch_size)
     batch_size: int = Field(default=PROFILE.generation_batch_size, ge=1, le=4096, description="Rows per batch.")

@@ -110,6 +110,11 @@ class BaseModelResource(dg.ConfigurableResource):
         default=False, description="Override the contamination guard (needs override_reason)."
     )
     override_reason: str | None = Field(default=None, description="Why the guard is overridden.")
+    fused_kernels: bool = Field(
+        default=True,
+        description="On CUDA, run Liger's fused RMSNorm/GeGLU kernels (needs the `cuda` extra; same function, "
+        "fewer kernels: BENCHMARKS.md).",
+    )
     gpu_wait_seconds: float = Field(
         default=600.0, ge=0.0, description="How long to wait for a free GPU when every GPU of the host is claimed."
     )
@@ -117,7 +122,7 @@ class BaseModelResource(dg.ConfigurableResource):
     def load(self) -> model_loader.LoadedModel:
         """Load once per process: every asset in a run shares one copy of the weights."""
         key = (self.source, self.models_dir, self.device, self.allow_hub,
-               self.allow_instruction_tuned, self.override_reason)  # fmt: skip
+               self.allow_instruction_tuned, self.override_reason, self.fused_kernels)  # fmt: skip
         if key not in _LOADED:
             _LOADED[key] = model_loader.load_model(
                 source=self.source,
@@ -126,6 +131,7 @@ class BaseModelResource(dg.ConfigurableResource):
                 allow_hub=self.allow_hub,
                 allow_instruction_tuned=self.allow_instruction_tuned,
                 override_reason=self.override_reason,
+                fused_kernels=self.fused_kernels,
             )
         return _LOADED[key]
 

@@ -34,7 +34,7 @@ class EvalConfig(dg.Config):
     reference_max_new_tokens: int = Field(
         default=32, ge=1, le=2048, description="Token cap for reference answers (graded on their first sentence)."
     )
-    judge: CriticConfig = CriticConfig()
+    judge: CriticConfig = CriticConfig(batch_size=PROFILE.critic_batch_size)
     tie_margin: float = Field(default=0.1, ge=0.0, le=100.0, description="Judge score differences below this tie.")
     min_judge_pairwise_accuracy: float = Field(
         default=0.85, ge=0.5, le=1.0, description="The judge must rank good above bad this often on the held-out "

@@ -142,6 +142,7 @@ class Profile(Strict):
     total_pairs: int = Field(ge=1, description="Pairs generated across all scale shards.")
     num_shards: int = Field(ge=1, le=10_000, description="Scale shards (one Dagster partition each).")
     generation_batch_size: int = Field(ge=1, le=4096)
+    critic_batch_size: int = Field(default=16, ge=1, le=4096, description="Pairs per critic/judge forward pass.")
     epochs: int = Field(ge=1, le=100)
     train_batch_size: int = Field(ge=1, le=1024, description="Training sequences per micro-batch.")
     eval_if_prompts: int | None = Field(
@@ -181,6 +182,9 @@ PROFILES: dict[str, Profile] = {
         num_shards=10,
         # the batch at which the engine peaks on an H200/H100 (BENCHMARKS.md); memory back-off splits it
         generation_batch_size=1024,
+        # 1,024 rows a forward (each pair is scored twice in one call), each with its own copy of the
+        # ~550-token shots document's keys and values: ~15 GB at the 1B shape, as the shard benchmark runs
+        critic_batch_size=512,
         epochs=3,
         # batch 8 leaves an H200 idle between kernel launches (~9,000 steps for 15k pairs); 64 is the
         # batch the QLoRA benchmark measures

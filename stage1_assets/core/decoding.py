@@ -139,6 +139,27 @@ class StopWatch:
         return any(s in tail for s in self.stops)
 
 
+class TokenFetch:
+    """A step's sampled tokens on their way to the host. On CUDA the copy is queued behind the step, so the
+    host can queue the next step and do its own work before it waits; on CPU the step has already run."""
+
+    def __init__(self, tokens: torch.Tensor) -> None:
+        self._tokens: list[int] | None = None
+        if tokens.device.type == "cuda":
+            self._host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            self._host.copy_(tokens, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        else:  # the buffer behind `tokens` is overwritten by the next step: read it now
+            self._tokens = tokens.tolist()
+
+    def tolist(self) -> list[int]:
+        if self._tokens is None:
+            self._copied.synchronize()
+            self._tokens = self._host.tolist()
+        return self._tokens
+
+
 class DecodeSession:
     """Slots, masks and decode-step graphs for the batches of one `generate` call."""
 

@@ -5,7 +5,8 @@ here (core/decoding.py) rather than `model.generate`, because:
   * the few-shot block the prompts of a batch share is computed once, not once per prompt;
   * stop sequences are checked on the text as it is produced, and rows that stop (or hit EOS)
     leave the batch, so finished rows stop costing compute;
-  * on CUDA a decode step is replayed as a CUDA graph instead of hundreds of kernel launches;
+  * on CUDA a decode step is replayed as a CUDA graph instead of hundreds of kernel launches,
+    and the next step is queued before the host checks this one's tokens for stops;
   * sampling noise is drawn per (seed, step, prompt index), so a prompt's completion does not
     depend on which other prompts share its batch, nor on the batch size (up to float rounding).
 That independence is what makes memory back-off safe: a batch that runs out of memory, or whose
@@ -24,7 +25,8 @@ from typing import Any, Literal
 import torch
 
 from .config import SamplingParams
-from .decoding import DecodeSession, StopWatch, next_power_of_two
+from .decoding import DecodeSession, StopWatch, TokenFetch, next_power_of_two
+from .kernels import inference_attention
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +185,10 @@ class Generator:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             caps = all_caps[start : start + batch_size]
-            completions, batch_splits = self._generate_with_backoff(
-                [encoded[i] for i in indices], indices, params, seed, caps
-            )
+            with inference_attention(self.device):
+                completions, batch_splits = self._generate_with_backoff(
+                    [encoded[i] for i in indices], indices, params, seed, caps
+                )
             splits += batch_splits
             for i, completion in zip(indices, completions, strict=True):
                 results[i] = completion
@@ -315,7 +318,7 @@ class Generator:
         session = self._session(batch)
         # the repetition penalty sees what the model saw: a padded row also sees the pad token
         filler = [self.pad_id if len(s) < width else s[0] for s in sequences]
-        tokens = session.start_batch(sequences, self._noise(global_ids, seed, max(caps)), filler, self.pad_id).tolist()
+        first = session.start_batch(sequences, self._noise(global_ids, seed, max(caps)), filler, self.pad_id)
         watch = StopWatch(self.tokenizer, params.stop_sequences, STOP_WINDOW_TOKENS)
         watching = [watch.new_row() for _ in range(batch)]
         new_tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -323,10 +326,16 @@ class Generator:
         at = list(range(batch))  # at[p]: the batch row in position p of the session's buffers
         # with graphs, a batch runs at a graph's size: the spare rows compute nothing anyone reads
         running = min(session.rows, max(MIN_GRAPH_ROWS, next_power_of_two(batch))) if session.use_graphs else batch
+        # the tokens of the step being read, with the layout (`at`) of the buffers that step ran on
+        fetched, fetched_at = TokenFetch(first), list(at)
         for step in range(max(caps)):
+            # the next step is queued before this one's tokens are read, so the device decodes while the host
+            # checks stops; a row that finishes now runs one step nobody reads
+            ahead = (TokenFetch(session.decode(running, step)), list(at)) if step < max(caps) - 1 else None
+            tokens = fetched.tolist()
             watch.learn(tokens)
-            survivors: list[int] = []
-            for pos, row in enumerate(at):
+            survivors: list[int] = []  # rows
+            for pos, row in enumerate(fetched_at):
                 if finish[row] is not None:
                     continue  # finished earlier, waiting for the next compaction
                 if tokens[pos] in self.eos_set:
@@ -338,14 +347,16 @@ class Generator:
                 elif len(new_tokens[row]) >= caps[row]:
                     finish[row] = "length"
                 else:
-                    survivors.append(pos)
-            if not survivors:
+                    survivors.append(row)
+            if not survivors or ahead is None:
                 break
             next_running = self._running_rows(len(survivors), running, session.use_graphs)
             if next_running < running:
-                session.keep_rows(survivors, running)
-                at, running = [at[p] for p in survivors], next_running
-            tokens = session.decode(running, step).tolist()
+                # the queued step ran on `at`: the survivors move to the front after it
+                position = {row: pos for pos, row in enumerate(at)}
+                session.keep_rows([position[row] for row in survivors], running)
+                at, running = survivors, next_running
+            fetched, fetched_at = ahead
 
         completions = []
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

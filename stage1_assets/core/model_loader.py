@@ -84,6 +84,7 @@ class ModelInfo:
     guard: GuardVerdict
     load_seconds: float
     converted_from_gguf: bool
+    fused_kernels: str = "none"  # GPU kernels patched into the model (core/kernels.py)
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "guard"}
@@ -263,10 +264,14 @@ def load_model(
     allow_hub: bool = False,
     allow_instruction_tuned: bool = False,
     override_reason: str | None = None,
+    fused_kernels: bool = True,
 ) -> LoadedModel:
-    """Resolve, guard, load and fingerprint a causal LM. Guard failures happen before weights load."""
+    """Resolve, guard, load and fingerprint a causal LM. Guard failures happen before weights load.
+    On CUDA, `fused_kernels` patches Liger's fused kernels into the model (core/kernels.py)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .kernels import NO_FUSED_KERNELS, fuse_with_liger
 
     start = time.perf_counter()
     path, name, converted = resolve_source(source, Path(models_dir), allow_hub)
@@ -289,6 +294,7 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device_name).eval()
+    fused = fuse_with_liger(model) if device_name.startswith("cuda") and fused_kernels else NO_FUSED_KERNELS
     info = ModelInfo(
         name=name,
         source=source,
@@ -300,5 +306,6 @@ def load_model(
         guard=verdict,
         load_seconds=round(time.perf_counter() - start, 3),
         converted_from_gguf=converted,
+        fused_kernels=fused,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)

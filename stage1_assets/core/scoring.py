@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .decoding import cache_kwarg
+from .kernels import inference_attention
 
 LOGIT_CHUNK = 1024  # positions projected onto the vocabulary at once: 1024 x 262k fp32 logits = 1 GiB
 
@@ -66,9 +67,10 @@ class LogprobScorer:
             raise ValueError(f"row {empty}: an empty cue leaves the first continuation token unpredicted")
         lengths = [len(t) for t in continuations]
         logprobs, slots = [], []
-        for batch in self._batches(cues, continuations, batch_size):
-            logprobs.append(self._token_logprobs_of(batch))
-            slots.append(batch.slots)
+        with inference_attention(self.device):
+            for batch in self._batches(cues, continuations, batch_size):
+                logprobs.append(self._token_logprobs_of(batch))
+                slots.append(batch.slots)
         flat = np.empty(sum(lengths), dtype=np.float64)
         # the only device-to-host sync of the call: batches queue up back to back
         flat[torch.cat(slots).cpu().numpy()] = torch.cat(logprobs).double().cpu().numpy()

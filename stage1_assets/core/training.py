@@ -36,6 +36,7 @@ from pydantic import Field, model_validator
 from . import prompts
 from .config import Strict
 from .io import atomic_write_json
+from .kernels import NO_FUSED_KERNELS, fuse_with_liger
 from .progress import Progress
 from .train_step import ChunkStep, loss_sum, pack_chunks
 
@@ -165,26 +166,6 @@ def load_base_for_training(model_dir: str, device: str, params: TrainingParams) 
     return model, f"none ({str(dtype).removeprefix('torch.')} LoRA)"
 
 
-def fuse_with_liger(model: Any) -> str:
-    """Liger's fused RMSNorm and GeGLU kernels on this Gemma 3 model (a captured step is bound by the GPU
-    time of Gemma's many small fp32 norm kernels; BENCHMARKS.md). Returns what was fused, or "none"."""
-    if model.config.model_type != "gemma3_text":
-        return "none"
-    try:
-        from liger_kernel.transformers import apply_liger_kernel_to_gemma3_text
-    except ImportError:
-        log.warning("liger-kernel is not installed (the `cuda` extra): training without its fused kernels")
-        return "none"
-    from transformers.models.gemma3 import modeling_gemma3
-
-    classes = modeling_gemma3.Gemma3RMSNorm, modeling_gemma3.Gemma3MLP
-    try:
-        apply_liger_kernel_to_gemma3_text(rope=False, fused_linear_cross_entropy=False, model=model)
-    finally:  # it also swaps the module's classes, which would reach every Gemma 3 loaded later in the process
-        modeling_gemma3.Gemma3RMSNorm, modeling_gemma3.Gemma3MLP = classes
-    return "Liger RMSNorm, GeGLU"
-
-
 def attach_lora(model: Any, params: TrainingParams) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -267,7 +248,7 @@ def train_adapter(
     val = encode_examples(tokenizer, val_rows, params.max_seq_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model, quantization = load_base_for_training(model_dir, device, params)
-    fused = fuse_with_liger(model) if device.startswith("cuda") and params.liger_kernels else "none"
+    fused = fuse_with_liger(model) if device.startswith("cuda") and params.liger_kernels else NO_FUSED_KERNELS
     model = attach_lora(model, params)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

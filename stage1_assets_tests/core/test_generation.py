@@ -7,7 +7,7 @@ import torch
 
 from stage1_assets.core import prompts
 from stage1_assets.core.config import SamplingParams
-from stage1_assets.core.decoding import StopWatch, shared_prefix_length
+from stage1_assets.core.decoding import StopWatch, TokenFetch, shared_prefix_length
 from stage1_assets.core.generation import STOP_WINDOW_TOKENS, Generator, sample_next, truncate_at_stop
 
 from ..support import PROMPTS
@@ -188,3 +188,12 @@ def test_stop_watch_agrees_with_decoding_every_step(tiny_model):
                 stops_seen += 1
                 break
     assert stops_seen > 50  # the random texts did reach the stop sequences
+
+
+def test_token_fetch_keeps_the_step_it_was_given():
+    """The decode loop queues the next step before it reads this one's tokens, and a step writes its tokens
+    into the same buffer every time: a fetch must hold the values of the step it was made for."""
+    sampled = torch.tensor([5, 7, 11])
+    fetched = TokenFetch(sampled[:2])
+    sampled.copy_(torch.tensor([1, 2, 3]))  # the next step overwrites the buffer
+    assert fetched.tolist() == [5, 7]
