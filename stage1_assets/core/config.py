@@ -184,6 +184,7 @@ PROFILES: dict[str, Profile] = {
         generation_batch_size=1024,
         # 1,024 rows a forward (each pair is scored twice in one call), each with its own copy of the
         # ~550-token shots document's keys and values: ~15 GB at the 1B shape, as the shard benchmark runs
+        # (a GPU with less memory scores in halves: core/scoring.py)
         critic_batch_size=512,
         epochs=3,
         # batch 8 leaves an H200 idle between kernel launches (~9,000 steps for 15k pairs); 64 is the

@@ -12,6 +12,7 @@ compiled path was removed: it paid only on calls far larger than the pipeline ma
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,10 @@ import numpy as np
 import torch
 
 from .decoding import cache_kwarg
+from .generation import is_out_of_memory
 from .kernels import inference_attention
+
+log = logging.getLogger(__name__)
 
 LOGIT_CHUNK = 1024  # positions projected onto the vocabulary at once: 1024 x 262k fp32 logits = 1 GiB
 
@@ -66,15 +70,35 @@ class LogprobScorer:
         if (empty := next((k for k, cue in enumerate(cues) if not cue), None)) is not None:
             raise ValueError(f"row {empty}: an empty cue leaves the first continuation token unpredicted")
         lengths = [len(t) for t in continuations]
+        while True:
+            try:
+                logprobs, slots = self._scored(cues, continuations, batch_size)
+                break
+            except (RuntimeError, MemoryError) as exc:
+                if batch_size == 1 or not is_out_of_memory(exc):
+                    raise
+                # each row carries its own copy of the document's keys and values: a batch sized for one
+                # GPU can exceed a smaller one's memory; the rows' scores do not depend on their batch
+                log.warning("scoring %d rows in batches of %d ran out of memory (%s); again in batches of %d",
+                            len(rows), batch_size, str(exc).splitlines()[0][:120], batch_size // 2)  # fmt: skip
+                batch_size //= 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        flat = np.empty(sum(lengths), dtype=np.float64)
+        # the only device-to-host sync of the call: batches queue up back to back
+        flat[torch.cat(slots).cpu().numpy()] = torch.cat(logprobs).double().cpu().numpy()
+        return np.split(flat, np.cumsum(lengths)[:-1])
+
+    def _scored(
+        self, cues: list[list[int]], continuations: list[list[int]], batch_size: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each batch's log-probabilities (on the device) and where they go in the call's output."""
         logprobs, slots = [], []
         with inference_attention(self.device):
             for batch in self._batches(cues, continuations, batch_size):
                 logprobs.append(self._token_logprobs_of(batch))
                 slots.append(batch.slots)
-        flat = np.empty(sum(lengths), dtype=np.float64)
-        # the only device-to-host sync of the call: batches queue up back to back
-        flat[torch.cat(slots).cpu().numpy()] = torch.cat(logprobs).double().cpu().numpy()
-        return np.split(flat, np.cumsum(lengths)[:-1])
+        return logprobs, slots
 
     @torch.inference_mode()
     def _prefix(self) -> Any:

@@ -46,6 +46,31 @@ def test_an_empty_cue_is_refused(tiny_model):
         scorer.continuation_logprobs([("", " text")])
 
 
+def test_a_batch_that_runs_out_of_memory_is_scored_again_in_halves(tiny_model, caplog):
+    """A batch over the device's memory (each row holds its own copy of the document's keys and values) is
+    retried at half the batch size until it fits, with the same scores; other errors are not retried."""
+    scorer = LogprobScorer(tiny_model.model, tiny_model.tokenizer, DOCUMENT)
+    expected = scorer.continuation_logprobs(ROWS, batch_size=1)
+    forward, sizes = scorer._token_logprobs_of, []
+
+    def allocator_limit(batch):
+        sizes.append(len(batch.ids))
+        if len(batch.ids) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 15.00 GiB")
+        return forward(batch)
+
+    scorer._token_logprobs_of = allocator_limit
+    got = scorer.continuation_logprobs(ROWS, batch_size=8)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert sizes[:2] == [5, 4] and max(sizes[2:]) == 2  # batches of 8, then 4, then 2: the last fit
+    assert "ran out of memory" in caplog.text and "batches of 2" in caplog.text
+
+    scorer._token_logprobs_of = lambda batch: (_ for _ in ()).throw(RuntimeError("device-side assert"))
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        scorer.continuation_logprobs(ROWS, batch_size=8)
+
+
 @pytest.fixture
 def narrow_window(tiny_model):
     """The tiny model with a 24-token sliding window, so rows and the prefix cross its edge."""
