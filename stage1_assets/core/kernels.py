@@ -6,9 +6,9 @@ Both matter only on CUDA; on CPU the model runs as transformers builds it.
   * `inference_attention`: generation and scoring run PyTorch's scaled-dot-product attention
     without its cuDNN backend. cuDNN builds an execution plan for every new input shape (a few
     milliseconds of host time per attention call), and a shard's prefills, graph captures and
-    critic batches are almost all new shapes: a 1,500-pair shard took 20 s with it, 10 s without
-    (same process, 1B model on an H200; BENCHMARKS.md). Flash and memory-efficient attention
-    compute the same function.
+    critic batches are almost all new shapes: a 1,500-pair shard, run first in its process, took
+    20 s with it and 10 s without (1B shape on an H200; BENCHMARKS.md). Flash and memory-efficient
+    attention compute the same function.
 """
 
 from __future__ import annotations
