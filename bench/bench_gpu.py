@@ -359,14 +359,20 @@ def main() -> None:
     parser.add_argument("--shard-pairs", type=int, default=1500)
     parser.add_argument("--shard-repeats", type=int, default=1, help="later runs show the warm cost")
     parser.add_argument("--breakdown", action="store_true", help="time the shard's engine and critic calls apart")
-    parser.add_argument("--cudnn-attention", action="store_true", help="let inference attention use cuDNN "
-                        "(the pipeline leaves it out: core/kernels.py)")
+    parser.add_argument(
+        "--cudnn-attention",
+        action="store_true",
+        help="let inference attention use cuDNN (the pipeline leaves it out: core/kernels.py)",
+    )
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--only", default="generation,graphs,critic,shard,training")
     parser.add_argument("--profile", action="store_true", help="write the top CUDA kernels of each phase to $OUT")
-    parser.add_argument("--no-fused-kernels", action="store_true", help="without Liger's kernels (the pipeline's "
-                        "default on CUDA: core/kernels.py)")
+    parser.add_argument(
+        "--no-fused-kernels",
+        action="store_true",
+        help="without Liger's kernels (the pipeline's default on CUDA: core/kernels.py)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.cudnn_attention:

@@ -61,6 +61,7 @@ def shipped_run(model_dir: str, tokenizer, device: str, params: TrainingParams, 
                 adapter_dir: Path) -> dict:  # fmt: skip
     stamps: list[tuple[float, int]] = []
     rows = bench_rows(steps * params.batch_size)
+
     def on_step(record: dict, _line: str) -> None:
         stamps.append((time.perf_counter(), record["tokens"]))
 
@@ -103,8 +104,11 @@ def padded_eager_run(model_dir: str, tokenizer, device: str, params: TrainingPar
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         stamps.append((time.perf_counter(), int(mask.sum())))
-    return steady(stamps, warmup) | {"peak_memory_mb": round(training.peak_memory_mb(device)),
-                                     "first_train_loss": round(losses[0], 4), "final_train_loss": round(losses[-1], 4)}
+    return steady(stamps, warmup) | {
+        "peak_memory_mb": round(training.peak_memory_mb(device)),
+        "first_train_loss": round(losses[0], 4),
+        "final_train_loss": round(losses[-1], 4),
+    }
 
 
 def main() -> None:

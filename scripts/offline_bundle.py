@@ -108,8 +108,19 @@ def resolve(requirements: list[str], pip_target: list[str], workdir: Path) -> li
 def download(packages: list[dict], pip_target: list[str], wheels: Path) -> list[Path]:
     pins = [f"{p['name']}=={p['version']}" for p in packages]
     subprocess.run(
-        [sys.executable, "-m", "pip", "--isolated", "download", "--no-deps", "--quiet", "-d", str(wheels), *pip_target,
-         *pins],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--isolated",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            str(wheels),
+            *pip_target,
+            *pins,
+        ],
         check=True,
     )
     return sorted(wheels.glob("*.whl"))

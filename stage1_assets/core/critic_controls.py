@@ -138,5 +138,10 @@ def critic_quality(
         rejected = report["per_kind"][kind]["rejected"]
         if not rejected >= min_rejection:
             failures.append(f"{kind} rejected {rejected:.3f} < {min_rejection}")
-    return report | {"split": split, "passed": not failures, "failures": failures,
-                     "min_pairwise_accuracy": min_pairwise_accuracy, "min_rejection": min_rejection}
+    return report | {
+        "split": split,
+        "passed": not failures,
+        "failures": failures,
+        "min_pairwise_accuracy": min_pairwise_accuracy,
+        "min_rejection": min_rejection,
+    }

@@ -105,9 +105,13 @@ def instruction_following(
         **_paired([r.strict for r in sft_results], [r.strict for r in base_results]),
         "loose_paired": _paired([r.loose for r in sft_results], [r.loose for r in base_results]),
         "by_type": {
-            t: {"checks": sft_types[t]["checks"], "sft_strict": sft_types[t]["strict"],
-                "base_strict": base_types[t]["strict"], "sft_loose": sft_types[t]["loose"],
-                "base_loose": base_types[t]["loose"]}
+            t: {
+                "checks": sft_types[t]["checks"],
+                "sft_strict": sft_types[t]["strict"],
+                "base_strict": base_types[t]["strict"],
+                "sft_loose": sft_types[t]["loose"],
+                "base_loose": base_types[t]["loose"],
+            }
             for t in sorted(sft_types)
         },  # fmt: skip
         "rows": rows,
@@ -167,8 +171,10 @@ def judge(
         **_win_loss(outcomes),
         "length_controlled": _win_loss(cut_outcomes) | {"method": "both answers cut to the shorter one's tokens"},
         "trust": critic_controls.controls_report(critic, "heldout", params.trust_cache),
-        "mean_tokens": {"sft": _mean([r["response_tokens"] for r in sft]),
-                        "base": _mean([r["response_tokens"] for r in base])},  # fmt: skip
+        "mean_tokens": {
+            "sft": _mean([r["response_tokens"] for r in sft]),
+            "base": _mean([r["response_tokens"] for r in base]),
+        },  # fmt: skip
         "qc": {"sft": _system_qc(items, sft, sft_v), "base": _system_qc(items, base, base_v)},
         "rows": rows,
     }

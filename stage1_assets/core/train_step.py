@@ -64,9 +64,7 @@ def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
     return rows
 
 
-def pack_chunks(
-    examples: Sequence[Encoded], rows: int, width: int, pad_id: int, fixed_shape: bool
-) -> list[Chunk]:
+def pack_chunks(examples: Sequence[Encoded], rows: int, width: int, pad_id: int, fixed_shape: bool) -> list[Chunk]:
     """The examples packed into chunks of `rows` x `width` tokens; the last chunk keeps `rows` rows
     when `fixed_shape` (one CUDA graph serves every chunk), else only the rows it uses."""
     if any(len(e.input_ids) > width for e in examples):

@@ -44,8 +44,12 @@ def test_evidence_and_scores_match_a_token_by_token_computation(tiny_model):
 
 def test_a_rule_rejects_whatever_the_score_and_ranks_below_unruled_pairs(tiny_model):
     critic = Critic(tiny_model.model, tiny_model.tokenizer, CriticParams(confidence_threshold=-100.0))
-    echo, answer = critic.score([("Explain why ice floats on water.", "Ice floats on water, that is why."),
-                                 ("Explain why ice floats on water.", "Ice is less dense than liquid water.")])
+    echo, answer = critic.score(
+        [
+            ("Explain why ice floats on water.", "Ice floats on water, that is why."),
+            ("Explain why ice floats on water.", "Ice is less dense than liquid water."),
+        ]
+    )
     assert echo.rule.startswith("restated") and not echo.accepted
     assert answer.rule is None and answer.accepted
     assert answer.rank_key > echo.rank_key

@@ -30,10 +30,20 @@ def row(row_id, instruction, response="An answer."):
     ("sft_row", "field", "why"),
     [
         (row("a", "explain WHY leaves change color in autumn!"), "instruction", "identical after normalisation"),
-        (row("b", "Tell me about cats.", "Cats nap. What is the capital of France? Paris."), "response",
-         "shares a word n-gram"),
-        (row("c", "How to bake?", "the main steps a person should follow in order to bake a loaf of white bread "
-             "are simple"), "response", "shares a word n-gram"),
+        (
+            row("b", "Tell me about cats.", "Cats nap. What is the capital of France? Paris."),
+            "response",
+            "shares a word n-gram",
+        ),
+        (
+            row(
+                "c",
+                "How to bake?",
+                "the main steps a person should follow in order to bake a loaf of white bread are simple",
+            ),
+            "response",
+            "shares a word n-gram",
+        ),
         (row("d", "What is the capital city of France?"), "instruction", "word-set jaccard 0.86"),
     ],
 )

@@ -17,8 +17,11 @@ from stage1_assets.core.response_rules import (
     [
         ("Which planet is the hottest in our solar system?", "You asked which planet is the hottest.", "restated"),
         ("Explain why ice floats on water.", "Ice floating on water is why ice floats.", "restated"),
-        ("Rewrite this sentence in the passive voice: The chef prepared the meal.",
-         "Here it is: The chef prepared the meal.", "restated"),
+        (
+            "Rewrite this sentence in the passive voice: The chef prepared the meal.",
+            "Here it is: The chef prepared the meal.",
+            "restated",
+        ),
         ("Why is the sky blue?", "There are many reasons for this.", "content_free"),
         ("How do I fix a flat tire?", "It depends on the situation, really.", "content_free"),
         ("Is a tomato a fruit?", "That is a great question.", "content_free"),
@@ -42,10 +45,14 @@ def test_each_rule_fires_on_its_kind_and_says_why(instruction, response, rule):
         ("Which is bigger, the sun or the moon?", "The sun is bigger."),
         ("Is a tomato a fruit?", "Yes, a tomato is a fruit."),
         ("Is a tomato a fruit?", "Yes."),
-        ("Turn this sentence into a negative sentence: The store is open on Sundays.",
-         "The store is not open on Sundays."),
-        ("Correct the grammar in this sentence: Me and him goes to the library every weeks.",
-         "He and I go to the library every week."),
+        (
+            "Turn this sentence into a negative sentence: The store is open on Sundays.",
+            "The store is not open on Sundays.",
+        ),
+        (
+            "Correct the grammar in this sentence: Me and him goes to the library every weeks.",
+            "He and I go to the library every week.",
+        ),
         ("What is the capital of France?", "The capital of France is Paris."),
         ("Double a recipe that uses 1/2 cup of sugar.", "Use 1 cup of sugar."),
         ("What is 15 + 27?", "15 + 27 = 42."),

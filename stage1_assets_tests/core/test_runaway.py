@@ -57,14 +57,19 @@ def test_the_request_again_or_a_numbered_next_task_is_a_new_task(instruction, re
     ("instruction", "response"),
     [
         (ASK, "Venus. Its thick carbon dioxide atmosphere traps heat, so its surface is hotter than Mercury's."),
-        ("How do I repot a plant?", "1. Water the plant a day ahead.\n2. Choose a pot one size larger.\n"
-         "3. Loosen the roots and set the plant at the same depth.\n4. Water it well."),
+        (
+            "How do I repot a plant?",
+            "1. Water the plant a day ahead.\n2. Choose a pot one size larger.\n"
+            "3. Loosen the roots and set the plant at the same depth.\n4. Water it well.",
+        ),
         ("How do I repot a plant?", "## Steps\nWater the plant, move it to a larger pot, and firm the soil."),
         ("How do I repot a plant?", "## What you need\nA larger pot and fresh mix.\n## Steps\n1. Water. 2. Move."),
         ("Why do we need sleep?", "Why does sleep matter? Because the brain clears waste and stores memories."),
         ("Why do we need sleep?", "Sleep restores the body.\nWhy does that matter? It keeps us alert."),
-        ("Give me three interview questions for a cashier.",
-         "1. How would you handle an upset customer?\n2. How do you count change quickly?\n3. Why this job?"),
+        (
+            "Give me three interview questions for a cashier.",
+            "1. How would you handle an upset customer?\n2. How do you count change quickly?\n3. Why this job?",
+        ),
         ("Write a short poem about the first snow.", "White hush on the road,\nwho swept the sky clean?\nthe pines."),
         ("Describe how to budget.", "List your income first.\nThen write down every fixed cost."),
         ("How do I make pancakes?", "Whisk the eggs and milk.\nNow add 2 cups of flour.\nMake sure no lumps remain."),
@@ -73,8 +78,11 @@ def test_the_request_again_or_a_numbered_next_task_is_a_new_task(instruction, re
         ("Q and A: which letter follows P?", "Q is the 17th letter; the question: is it a vowel? No."),
         ("Write tips for writing well.", "Write every day.\nWrite short sentences.\nRead your draft aloud."),
         ("Convert 5 km to miles.", "About 3.1 miles: multiply 5 by 0.621.\nConvert other distances the same way."),
-        ("List the steps to bake bread.", "1. Mix flour, water, salt and yeast.\n2. Knead for ten minutes.\n"
-         "3. Let it rise, shape it, and bake at 220 °C."),
+        (
+            "List the steps to bake bread.",
+            "1. Mix flour, water, salt and yeast.\n2. Knead for ten minutes.\n"
+            "3. Let it rise, shape it, and bake at 220 °C.",
+        ),
         ("Explain what a question mark is for.", "It ends a direct question. Example: Are you coming?"),
     ],
 )
