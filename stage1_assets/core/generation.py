@@ -326,12 +326,13 @@ class Generator:
         at = list(range(batch))  # at[p]: the batch row in position p of the session's buffers
         # with graphs, a batch runs at a graph's size: the spare rows compute nothing anyone reads
         running = min(session.rows, max(MIN_GRAPH_ROWS, next_power_of_two(batch))) if session.use_graphs else batch
-        # the tokens of the step being read, with the layout (`at`) of the buffers that step ran on
-        fetched, fetched_at = TokenFetch(first), list(at)
+        # the tokens of the step being read, with the layout (`at`) of the buffers that step ran on; `at` is
+        # only ever replaced, never changed in place, so a step's layout is kept without a copy
+        fetched, fetched_at = TokenFetch(first), at
         for step in range(max(caps)):
             # the next step is queued before this one's tokens are read, so the device decodes while the host
             # checks stops; a row that finishes now runs one step nobody reads
-            ahead = (TokenFetch(session.decode(running, step)), list(at)) if step < max(caps) - 1 else None
+            ahead = (TokenFetch(session.decode(running, step)), at) if step < max(caps) - 1 else None
             tokens = fetched.tolist()
             watch.learn(tokens)
             survivors: list[int] = []  # rows
