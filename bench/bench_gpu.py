@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from stage1_assets.core import kernels, prompts
+from stage1_assets.core import decoding, kernels, prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
 from stage1_assets.core.critic import Critic
 from stage1_assets.core.generation import Generator
@@ -133,8 +133,6 @@ def graphs_agree(model, tokenizer, rows: int, batch: int, peak: bool = True) -> 
     (greedy), same prompts. Random weights give near-flat next-token distributions, where any rounding
     difference changes the draw, so with `peak` the final norm is scaled up for this check (peaked,
     model-like logits); real weights are checked as they are (scaling theirs saturates the logits into ties)."""
-    import stage1_assets.core.decoding as decoding
-
     norm = model.get_decoder().norm.weight
     saved = norm.detach().clone()
     if peak:
@@ -184,11 +182,35 @@ def bench_critic(model, tokenizer, device: str, pairs: int, batch: int) -> dict:
             "seconds": round(seconds, 2), "pairs_per_s": round(pairs / seconds, 1)}  # fmt: skip
 
 
+def scoring_check(model, tokenizer, device: str, pairs: int, batch: int) -> dict:
+    """The critic's evidence with Liger's fused linear cross-entropy (a fused model's scoring) and with the
+    plain chunked log-softmax, same pairs: the seconds of each and the largest difference of each signal."""
+    data = critic_pairs(pairs)
+    critic = Critic(model, tokenizer, CriticParams(batch_size=batch))
+    critic.score(data[:16])  # the documents' caches and the kernels' first use
+    fused = getattr(model, kernels.FUSED_ATTRIBUTE, None)
+    runs = {}
+    for name in ("fused", "plain") if fused else ("plain",):
+        if name == "plain" and fused:
+            delattr(model, kernels.FUSED_ATTRIBUTE)
+        try:
+            runs[name] = timed(device, lambda: critic.evidence(data))
+        finally:
+            if fused:
+                setattr(model, kernels.FUSED_ATTRIBUTE, fused)
+    report = {"pairs": pairs, "batch_size": batch, **{f"{k}_seconds": round(v[1], 2) for k, v in runs.items()}}
+    if "fused" in runs:
+        both = list(zip(runs["fused"][0], runs["plain"][0], strict=True))
+        report["max_abs_difference_nats"] = {
+            signal: float(f"{max(abs(getattr(a, signal) - getattr(b, signal)) for a, b in both):.3g}")
+            for signal in ("end", "pmi", "contrast", "cond_logprob")
+        }
+    return report
+
+
 def logits_check(model, tokenizer, rows: int = 8, steps: int = 12) -> dict:
     """The engine's next-token logits (graph replay and eager) against one plain forward pass of the
     whole sequence per prompt: the largest difference at each step, in units of the logits' spread."""
-    import stage1_assets.core.decoding as decoding
-
     _, texts = response_prompts(rows, seed=12)
     sequences = tokenizer(texts)["input_ids"]
     report = {}
@@ -275,7 +297,6 @@ def bench_shard(
 def engine_breakdown(fn) -> tuple[object, dict]:
     """Run `fn`, timing the engine's prefill, decode steps and graph captures and the critic's document
     prefill and forward passes (synchronized: for reading only). What is left of a part is host work."""
-    import stage1_assets.core.decoding as decoding
     import stage1_assets.core.scoring as scoring
 
     timed_methods = ((decoding.DecodeSession, "start_batch", "prefill"), (decoding.DecodeSession, "decode", "decode"),
@@ -402,6 +423,7 @@ def main() -> None:
                                                 args.peer_rows or args.rows)),
         ("graphs", lambda: graphs_agree(model, tokenizer, min(args.rows, 512), args.batch, peak=not args.gguf)),
         ("logits", lambda: logits_check(model, tokenizer)),
+        ("scoring", lambda: scoring_check(model, tokenizer, args.device, args.shard_pairs, args.critic_batch)),
         ("critic", lambda: bench_critic(model, tokenizer, args.device, args.critic_pairs, args.critic_batch)),
         ("training", lambda: bench_training(model, tokenizer, args.device, args.train_steps, args.train_batch,
                                             Path("/tmp/stage1_bench_train"))),

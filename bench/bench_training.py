@@ -27,7 +27,7 @@ import torch
 import transformers
 
 from stage1_assets.core import prompts, training
-from stage1_assets.core.scoring import softcapped
+from stage1_assets.core.kernels import softcapped
 from stage1_assets.core.training import TrainingParams, train_adapter
 
 VARIANTS = {  # name: TrainingParams overrides (None: the padded eager peer)

@@ -119,12 +119,14 @@ class Critic:
 
     def evidence(self, pairs: Sequence[tuple[str, str]]) -> list[Evidence]:
         responses = self.good.encode([" " + r.strip() for _, r in pairs])
-        cues = [prompts.RESPONSE_CUE.format(instruction=i.strip()) for i, _ in pairs]
+        # token ids, encoded once for both documents
+        cues = self.good.encode([prompts.RESPONSE_CUE.format(instruction=i.strip()) for i, _ in pairs])
+        unconditional = self.good.encode([prompts.UNCONDITIONAL_CUE])[0]
         batch = 2 * self.params.batch_size
         ends = len(self.end_ids)
         scored = self.good.continuation_logprobs(
             [(c, r + self.end_ids) for c, r in zip(cues, responses, strict=True)]
-            + [(prompts.UNCONDITIONAL_CUE, r) for r in responses],
+            + [(unconditional, r) for r in responses],
             batch,
         )
         contrasted = self.params.signal == "answer"

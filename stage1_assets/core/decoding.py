@@ -48,9 +48,10 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     """Tokens all sequences start with, leaving each at least one token of its own (its logits start decoding)."""
     if not sequences:
         return 0
-    first, shortest = sequences[0], min(len(s) for s in sequences)
+    # the lexicographically first and last sequences share the prefix that all of them share
+    first, last, shortest = min(sequences), max(sequences), min(len(s) for s in sequences)
     length = 0
-    while length < shortest - 1 and all(s[length] == first[length] for s in sequences):
+    while length < shortest - 1 and first[length] == last[length]:
         length += 1
     return length if length >= MIN_SHARED_PREFIX else 0
 

@@ -22,11 +22,9 @@ import torch
 
 from .decoding import cache_kwarg
 from .generation import is_out_of_memory
-from .kernels import inference_attention
+from .kernels import inference_attention, vocabulary_logprobs
 
 log = logging.getLogger(__name__)
-
-LOGIT_CHUNK = 1024  # positions projected onto the vocabulary at once: 1024 x 262k fp32 logits = 1 GiB
 
 Text = str | Sequence[int]  # text, or its token ids
 
@@ -164,18 +162,4 @@ class LogprobScorer:
             input_ids=batch.ids, attention_mask=batch.attention, position_ids=batch.positions,
             use_cache=True, **{self.cache_kwarg: batch.cache},
         ).last_hidden_state  # fmt: skip
-        selected = hidden[batch.predicting]
-        return torch.cat([
-            self._vocabulary_logprobs(selected[s : s + LOGIT_CHUNK], batch.targets[s : s + LOGIT_CHUNK])
-            for s in range(0, len(batch.targets), LOGIT_CHUNK)
-        ])  # fmt: skip
-
-    def _vocabulary_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = softcapped(self.model.get_output_embeddings()(hidden), self.model.config).float()
-        return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-
-
-def softcapped(logits: torch.Tensor, config: Any) -> torch.Tensor:
-    """Final-logit soft capping (Gemma 2/3): cap * tanh(logits / cap), when the config sets a cap."""
-    cap = getattr(config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+        return vocabulary_logprobs(self.model, hidden[batch.predicting], batch.targets)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .scoring import softcapped
+from .kernels import softcapped
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from stage1_assets.core.kernels import NO_FUSED_KERNELS, inference_attention
+from stage1_assets.core import kernels
+from stage1_assets.core.kernels import NO_FUSED_KERNELS, inference_attention, is_fused, vocabulary_logprobs
 
 
 def test_inference_attention_leaves_out_cudnn_on_cuda_and_restores_the_backends() -> None:
@@ -25,3 +26,22 @@ def test_inference_attention_changes_nothing_on_cpu() -> None:
 def test_a_model_loaded_on_cpu_runs_unfused(tiny_model) -> None:
     assert tiny_model.info.fused_kernels == NO_FUSED_KERNELS
     assert tiny_model.info.as_dict()["fused_kernels"] == NO_FUSED_KERNELS  # recorded with the model's provenance
+
+
+def test_a_model_loaded_on_cpu_is_not_marked_fused(tiny_model) -> None:
+    assert not is_fused(tiny_model.model)  # so scoring takes the plain path, which runs on a CPU
+
+
+def test_vocabulary_logprobs_match_a_log_softmax_across_chunk_boundaries(tiny_model, monkeypatch) -> None:
+    model = tiny_model.model
+    monkeypatch.setattr(kernels, "LOGIT_CHUNK", 3)  # 7 positions: chunks of 3, 3 and 1
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, model.config.hidden_size, generator=gen)
+    targets = torch.randint(0, model.config.vocab_size, (7,), generator=gen)
+    with torch.inference_mode():
+        expected = torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)[torch.arange(7), targets]
+        got = vocabulary_logprobs(model, hidden, targets)
+        shuffled = vocabulary_logprobs(model, hidden, targets.roll(1))
+    assert got.dtype == torch.float32 and got.shape == (7,)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(shuffled, expected, atol=1e-3)  # each position is scored against its own target
