@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from stage1_assets.core import decoding, kernels, prompts
+from stage1_assets.core import decoding, generation, kernels, prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
 from stage1_assets.core.critic import Critic
 from stage1_assets.core.generation import Generator
@@ -385,6 +385,7 @@ def main() -> None:
         action="store_true",
         help="let inference attention use cuDNN (the pipeline leaves it out: core/kernels.py)",
     )
+    parser.add_argument("--min-graph-rows", type=int, help="the smallest decode graph (core/generation.py)")
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--only", default="generation,graphs,critic,shard,training")
@@ -401,6 +402,8 @@ def main() -> None:
 
         backends = kernels.inference_sdpa_backends()
         kernels.inference_sdpa_backends = lambda: [SDPBackend.CUDNN_ATTENTION, *backends]
+    if args.min_graph_rows:
+        generation.MIN_GRAPH_ROWS = args.min_graph_rows
     if args.gguf and args.arch != "270m":
         parser.error("--gguf holds the 270M model's weights: use it with --arch 270m")
     build = lambda: build_model(args.tokenizer_dir, args.arch, args.device, gguf=args.gguf)  # noqa: E731
@@ -410,6 +413,7 @@ def main() -> None:
     result = {"arch": f"gemma3-{args.arch} ({weights})", "fused_kernels": fused,
               "parameters": sum(p.numel() for p in model.parameters()), "device": args.device,
               "model_build_seconds": round(build_seconds, 1), "cudnn_attention": args.cudnn_attention,
+              "min_graph_rows": generation.MIN_GRAPH_ROWS,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "torch": torch.__version__, "transformers": transformers.__version__,
               "command": "python3 bench/bench_gpu.py " + " ".join(sys.argv[1:]),

@@ -39,7 +39,7 @@ from .scoring import LogprobScorer
 
 CRITIC_VERSION = "critic-v2"
 # the files whose content decides every verdict: any edit makes a different critic
-CRITIC_SOURCES = ("critic.py", "response_rules.py", "runaway.py", "scoring.py")
+CRITIC_SOURCES = ("critic.py", "kernels.py", "response_rules.py", "runaway.py", "scoring.py")
 # what follows a finished response in the shots documents: scoring it asks "does the answer end here?"
 RESPONSE_END = "\n\nInstruction:"
 BAD_HEADER = (

@@ -20,10 +20,12 @@ rows share its batch, so none of this changes what a prompt produces, up to floa
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,16 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     while length < shortest - 1 and first[length] == last[length]:
         length += 1
     return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def aligned_rows(sequences: Sequence[Sequence[int]], end: int, width: int, filler: np.ndarray) -> torch.Tensor:
+    """[len(sequences), width] token ids: each sequence ending at column `end`, its row's `filler` elsewhere."""
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    tokens = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    rows = np.repeat(filler.astype(np.int64)[:, None], width, axis=1)
+    column = np.arange(width)[None, :]
+    rows[(column >= (end - lengths)[:, None]) & (column < end)] = tokens  # row-major: the sequences in order
+    return torch.from_numpy(rows)
 
 
 def next_power_of_two(n: int) -> int:
@@ -253,12 +265,9 @@ class DecodeSession:
         suffixes = [s[prefix:] for s in sequences]
         batch_width = max(map(len, suffixes))
         start = width - batch_width  # slots [prefix, start) are padding for every row of this batch
-        ids = torch.full((rows, batch_width), pad_id, dtype=torch.long)
-        history = torch.tensor(history_filler, dtype=torch.long)[:, None].repeat(1, self.history.shape[1])
+        ids = aligned_rows(suffixes, batch_width, batch_width, np.full(rows, pad_id))
+        history = aligned_rows(sequences, width, self.history.shape[1], np.asarray(history_filler))
         lengths = torch.tensor([len(s) for s in suffixes])
-        for row, (suffix, full) in enumerate(zip(suffixes, sequences, strict=True)):
-            ids[row, batch_width - len(suffix) :] = torch.tensor(suffix)
-            history[row, width - len(full) : width] = torch.tensor(full)
         ids, lengths = ids.to(self.device), lengths.to(self.device)
         self.history[:rows] = history.to(self.device)
         padding = (width - lengths)[:, None]  # a row's slot minus its token position, from `prefix` on

@@ -2,12 +2,13 @@ import copy
 import random
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from stage1_assets.core import prompts
 from stage1_assets.core.config import SamplingParams
-from stage1_assets.core.decoding import StopWatch, TokenFetch, shared_prefix_length
+from stage1_assets.core.decoding import StopWatch, TokenFetch, aligned_rows, shared_prefix_length
 from stage1_assets.core.generation import STOP_WINDOW_TOKENS, Generator, sample_next, truncate_at_stop
 
 from ..support import PROMPTS
@@ -122,6 +123,12 @@ def test_shared_prefix_is_found_and_leaves_every_prompt_a_token():
     assert shared_prefix_length([list(range(12)), list(range(12))]) == 11  # identical prompts keep one token each
     assert shared_prefix_length([list(range(12)), [0, 1, 2] + list(range(20))]) == 0  # 3 tokens: not worth it
     assert shared_prefix_length([]) == 0
+
+
+def test_aligned_rows_end_every_sequence_at_one_column():
+    rows = aligned_rows([[5, 6, 7], [8], [9, 10]], end=4, width=6, filler=np.array([1, 2, 3]))
+    assert rows.tolist() == [[1, 5, 6, 7, 1, 1], [2, 2, 2, 8, 2, 2], [3, 3, 9, 10, 3, 3]]
+    assert aligned_rows([[4, 5], [6]], end=2, width=2, filler=np.array([0, 0])).tolist() == [[4, 5], [0, 6]]
 
 
 def test_few_shot_prompts_share_their_block(tiny_model):
