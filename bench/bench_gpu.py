@@ -254,16 +254,18 @@ def _plain_last_logits(model, sequences) -> torch.Tensor:
 
 
 def bench_shard(
-    model, tokenizer, device: str, pairs: int, batch: int, critic_batch: int, repeats: int = 1, breakdown: bool = False
+    model, tokenizer, device: str, pairs: int, batch: int, critic_batch: int, repeats: int = 1, breakdown: bool = False,
+    instruction_groups: tuple[int, int] = (prompts.INSTRUCTION_GROUP, prompts.INSTRUCTION_SHARED_SHOTS),
 ) -> dict:
     """Instruction + response generation + critic for one shard, with the prompts `core.pairs` builds. The
-    first run is the figure (a shard is a process of its own); later runs in this process show the warm cost."""
+    first run is the figure (a shard is a process of its own); later runs in this process show the warm cost.
+    `instruction_groups`: (prompts per group, shots they share), core/prompts.py."""
     gen = Generator(model, tokenizer)
     pool = prompts.load_pool(prompts.TRAIN_POOL)
     shots = prompts.load_pool(prompts.QA_SHOTS)
     rng = random.Random(4)
     n_instr = pairs + pairs // 4  # generate_instructions asks for 25% spares
-    instr_prompts = [prompts.instruction_prompt(pool, rng) for _ in range(n_instr)]
+    instr_prompts = prompts.instruction_prompts(pool, rng, n_instr, *instruction_groups)
     instructions = [rng.choice(pool).instruction for _ in range(pairs)]
     critic = Critic(model, tokenizer, CriticParams(batch_size=critic_batch))
     response_prompts_ = [prompts.response_prompt(i, shots) for i in instructions]
@@ -290,7 +292,8 @@ def bench_shard(
         _, seconds = timed(device, shard)
         runs.append({"seconds": round(seconds, 1), **parts})
     hours = runs[0]["seconds"] * 15_000 / pairs / 3600
-    return {"pairs": pairs, **runs[0], "projected_gpu_hours_15000": round(hours, 3),
+    return {"pairs": pairs, "instruction_groups": instruction_groups, **runs[0],
+            "projected_gpu_hours_15000": round(hours, 3),
             **({"warm_runs": runs[1:]} if repeats > 1 else {})}  # fmt: skip
 
 
@@ -366,6 +369,24 @@ def profiled(fn, path: Path) -> dict:
     return out
 
 
+def python_profiled(fn, path: Path):
+    """`fn` under cProfile: the functions with the most cumulative time go to `path` (host time, e.g. a process's
+    first use of a kernel)."""
+    import cProfile
+    import io
+    import pstats
+
+    def run():
+        profiler = cProfile.Profile()
+        out = profiler.runcall(fn)
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(60)
+        path.write_text(text.getvalue())
+        return out
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokenizer-dir", required=True)
@@ -380,6 +401,9 @@ def main() -> None:
     parser.add_argument("--shard-pairs", type=int, default=1500)
     parser.add_argument("--shard-repeats", type=int, default=1, help="later runs show the warm cost")
     parser.add_argument("--breakdown", action="store_true", help="time the shard's engine and critic calls apart")
+    parser.add_argument("--instruction-groups", type=int, nargs=2, metavar=("PROMPTS", "SHARED_SHOTS"),
+                        default=(prompts.INSTRUCTION_GROUP, prompts.INSTRUCTION_SHARED_SHOTS),
+                        help="instruction prompts per group and the shots they share; 1 0: every prompt its own")
     parser.add_argument(
         "--cudnn-attention",
         action="store_true",
@@ -390,6 +414,7 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--only", default="generation,graphs,critic,shard,training")
     parser.add_argument("--profile", action="store_true", help="write the top CUDA kernels of each phase to $OUT")
+    parser.add_argument("--python-profile", action="store_true", help="write each phase's cProfile top 60 to $OUT")
     parser.add_argument(
         "--no-fused-kernels",
         action="store_true",
@@ -422,7 +447,7 @@ def main() -> None:
     out_dir = Path(os.environ.get("OUT", "/tmp"))
     phases = (  # the shard first: a shard runs as a process of its own, so its figure is taken cold
         ("shard", lambda: bench_shard(model, tokenizer, args.device, args.shard_pairs, args.batch, args.critic_batch,
-                                      args.shard_repeats, args.breakdown)),
+                                      args.shard_repeats, args.breakdown, tuple(args.instruction_groups))),
         ("generation", lambda: bench_generation(model, tokenizer, args.device, args.rows, args.batch,
                                                 args.peer_rows or args.rows)),
         ("graphs", lambda: graphs_agree(model, tokenizer, min(args.rows, 512), args.batch, peak=not args.gguf)),
@@ -434,6 +459,8 @@ def main() -> None:
     )  # fmt: skip
     for name, fn in phases:
         if name in only:
+            if args.python_profile:
+                fn = python_profiled(fn, out_dir / f"pyprofile_{name}_{args.arch}.txt")
             result[name] = profiled(fn, out_dir / f"profile_{name}_{args.arch}.txt") if args.profile else fn()
             print(json.dumps({name: result[name]}), flush=True)
             # in the pipeline each phase is a run of its own process: none inherits another's cached GPU memory

@@ -1,13 +1,15 @@
 """The decode loop behind `Generator`: preallocated KV slots, a shared prompt prefix, CUDA graphs.
 
 One `DecodeSession` serves one `Generator.generate` call:
-  * the tokens every prompt of a batch starts with (the few-shot block of a response prompt) are
-    run through the model once and their keys and values copied into every row, so a batch only
-    prefills what differs;
+  * blocks of tokens that prompts of a batch start with (the few-shot document of response prompts,
+    the shots a group of instruction prompts shares) are run through the model once per block and
+    their keys and values copied into the rows that start with them, so a batch only prefills what
+    differs;
   * keys and values live in fixed slots `[rows, kv_heads, slots, head_dim]` per layer:
-        [0, P)           the shared prefix
-        [P, P + S)       each row's own prompt tokens, right-aligned (the gap before them is padding)
-        [P + S, ...)     generated tokens, one slot per step
+        [0, P)           the row's shared block (P = 0 for a row that shares none)
+        [P, W)           the row's own prompt tokens, right-aligned at the longest prompt W of the
+                         call (the gap before them is padding)
+        [W, ...)         generated tokens, one slot per step
     Which slots a query sees (causal order, padding, sliding windows) is decided by the attention
     mask from each slot's token position, so the arithmetic is the model's own;
   * with fixed addresses, one decode step (forward, sampling) is captured as a CUDA graph per
@@ -23,7 +25,7 @@ import inspect
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # A prefix shorter than this is not worth a forward pass of its own.
 MIN_SHARED_PREFIX = 8
+# Cuts tried when grouping a batch's prompts by the tokens they share (spread over the distinct
+# figures): enough to find the few-shot blocks, few enough to cost the host ~ms while the GPU waits.
+MAX_GROUPING_CUTS = 24
 SLOT_ALIGNMENT = 16
 # The token position of a slot no query may see yet.
 UNWRITTEN = 2**40
@@ -46,25 +51,82 @@ def cache_kwarg(model: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Tokens all sequences start with, leaving each at least one token of its own (its logits start decoding)."""
-    if not sequences:
-        return 0
-    # the lexicographically first and last sequences share the prefix that all of them share
-    first, last, shortest = min(sequences), max(sequences), min(len(s) for s in sequences)
-    length = 0
-    while length < shortest - 1 and first[length] == last[length]:
-        length += 1
-    return length if length >= MIN_SHARED_PREFIX else 0
+class SharedBlocks(NamedTuple):
+    """How a batch's prompts split into a block computed ahead (possibly shared) and the rest of their own."""
+
+    heads: np.ndarray  # per prompt: tokens computed as its block (0: none)
+    block: np.ndarray  # per prompt: its block, an index into `rows` (-1: none)
+    rows: np.ndarray  # per block: a prompt that starts with it
 
 
-def aligned_rows(sequences: Sequence[Sequence[int]], end: int, width: int, filler: np.ndarray) -> torch.Tensor:
-    """[len(sequences), width] token ids: each sequence ending at column `end`, its row's `filler` elsewhere."""
+def shared_prefixes(sequences: Sequence[Sequence[int]], width: int) -> SharedBlocks:
+    """Blocks that prompts start with, chosen so that the batch prefills the fewest tokens.
+
+    Prefill runs the blocks first, each once (as a batch padded to the longest block), then every
+    prompt's own rest, padded to the longest rest. Prompts that share their first tokens form a group
+    with one block: prompts group by how many tokens they share with their lexicographic neighbours,
+    and every cut through those figures is tried. A prompt whose group's block leaves it a rest longer
+    than the others' (one that shares nothing) is given a block of its own, so that it does not set
+    every row's rest. A block leaves each prompt at least one token of its own (its logits start
+    decoding) and, with the longest rest after it, fits in `width` slots.
+    """
+    n = len(sequences)
+    nothing = SharedBlocks(np.zeros(n, dtype=np.int64), np.full(n, -1), np.zeros(0, dtype=np.int64))
+    if n < 2:
+        return nothing
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=n)
+    tokens = np.fromiter(itertools.chain.from_iterable(sequences), np.int64, int(lengths.sum()))
+    padded = np.full((n, int(lengths.max())), -1, dtype=np.int64)
+    padded[np.arange(padded.shape[1])[None, :] < lengths[:, None]] = tokens
+    # sorted as bytes (compared by memcmp, not token by token): prompts that start alike end up side by side
+    as_bytes = [row[:length].astype(">u4").tobytes() for row, length in zip(padded, lengths.tolist(), strict=True)]
+    order = np.array(sorted(range(n), key=as_bytes.__getitem__))
+    lengths, padded = lengths[order], padded[order]
+    same = padded[1:] == padded[:-1]
+    common = np.where(same.all(axis=1), padded.shape[1], same.argmin(axis=1))  # with the next prompt
+    common = np.minimum(common, np.minimum(lengths[1:], lengths[:-1]) - 1)
+    never = np.iinfo(np.int64).max
+    cuts = np.unique(common[common >= MIN_SHARED_PREFIX])
+    cuts = cuts[np.unique(np.linspace(0, len(cuts) - 1, min(len(cuts), MAX_GROUPING_CUTS)).round().astype(int))]
+    best_cost, best = n * int(lengths.max()), None
+    for cut in cuts:
+        joined = common >= cut  # prompts k and k + 1 share a group
+        starts = np.flatnonzero(np.concatenate([[True], ~joined]))
+        sizes = np.diff(np.append(starts, n))
+        # a group shares the fewest tokens any two neighbours in it share (a prompt alone: none)
+        group_shared = np.minimum.reduceat(np.append(np.where(joined, common, never), never), starts)
+        group_shared[(group_shared == never) | (group_shared < MIN_SHARED_PREFIX)] = 0
+        shared, group = np.repeat(group_shared, sizes), np.repeat(np.arange(len(starts)), sizes)
+        grouped = shared > 0
+        # the longest rest either over the grouped prompts (the others get blocks of their own) or over all
+        for rest in {int((lengths - shared)[grouped].max()), int((lengths - shared).max())}:
+            heads = np.where(grouped, np.minimum(shared, width - rest), np.maximum(lengths - rest, 0))
+            blocks = np.count_nonzero(group_shared) + np.count_nonzero(heads[~grouped])
+            cost = blocks * int(heads.max()) + n * rest
+            if cost < best_cost:
+                best_cost, best = cost, (heads, np.where(grouped, group, np.where(heads > 0, n + np.arange(n), -1)))
+    if best is None:
+        return nothing
+    heads, block = best
+    block_ids, first = np.unique(block, return_index=True)
+    first, block_ids = first[block_ids >= 0], block_ids[block_ids >= 0]
+    out = SharedBlocks(np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), order[first])
+    out.heads[order] = heads
+    out.block[order] = np.where(block >= 0, np.searchsorted(block_ids, block), -1)
+    return out
+
+
+def aligned_rows(
+    sequences: Sequence[Sequence[int]], end: int | np.ndarray, width: int, filler: np.ndarray
+) -> torch.Tensor:
+    """[len(sequences), width] token ids: each sequence ending at column `end` (one for all, or one per
+    sequence), its row's `filler` elsewhere."""
     lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
     tokens = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    end = np.broadcast_to(np.asarray(end, dtype=np.int64), lengths.shape)[:, None]
     rows = np.repeat(filler.astype(np.int64)[:, None], width, axis=1)
     column = np.arange(width)[None, :]
-    rows[(column >= (end - lengths)[:, None]) & (column < end)] = tokens  # row-major: the sequences in order
+    rows[(column >= end - lengths[:, None]) & (column < end)] = tokens  # row-major: the sequences in order
     return torch.from_numpy(rows)
 
 
@@ -101,10 +163,10 @@ class KVSlots:
         for buffer in (*self.keys, *self.values):
             buffer[: len(index)] = buffer.index_select(0, index)
 
-    def copy_first_row(self, slots: int, rows: int) -> None:
-        """Row 0's first `slots` slots into rows 1..rows-1: the shared prefix."""
+    def share_blocks(self, source: torch.Tensor, slots: int) -> None:
+        """Row `source[r]`'s first `slots` slots into row r, for every row r < len(source): the shared blocks."""
         for buffer in (*self.keys, *self.values):
-            buffer[1:rows, :, :slots] = buffer[:1, :, :slots]
+            buffer[: len(source), :, :slots] = buffer[:, :, :slots].index_select(0, source)
 
 
 class StopWatch:
@@ -240,41 +302,49 @@ class DecodeSession:
         return out.logits[:, -1, :]
 
     # --- prefill ----------------------------------------------------------------------------------
-    def _prefill_prefix(self, prefix: Sequence[int], rows: int) -> None:
-        """The tokens a batch's prompts share, through the model once (row 0), then copied to its other rows."""
-        width = len(prefix)
-        self.key_position[0] = torch.where(self.slot < width, self.slot, UNWRITTEN)
-        self.not_padding[0] = True
+    def _prefill_blocks(self, blocks: Sequence[Sequence[int]], source: torch.Tensor, pad_id: int) -> None:
+        """A batch's blocks through the model once each (rows 0.., left-aligned), then copied to the rows that
+        start with them (`source[r]`: row r's block)."""
+        rows, width = len(blocks), max(map(len, blocks))
+        lengths = np.array([len(b) for b in blocks])
+        ids = aligned_rows(blocks, lengths, width, np.full(rows, pad_id))  # left-aligned: each ends at its length
+        ends = torch.from_numpy(lengths).to(self.device)[:, None]
+        self.key_position[:rows] = torch.where(self.slot < ends, self.slot, UNWRITTEN)
+        self.not_padding[:rows] = True
         self.cache.write_at = self.slot[:width]
-        positions = self.slot[None, :width]
-        ids = torch.tensor([list(prefix)], device=self.device)
-        self._forward(ids, positions, self._masks(1, positions, self.slot[:width]))
-        self.cache.copy_first_row(width, rows)
+        positions = self.slot[None, :width].expand(rows, width)
+        self._forward(ids.to(self.device), positions, self._masks(rows, positions, self.slot[:width]))
+        self.cache.share_blocks(source, width)
 
     def start_batch(
         self, sequences: Sequence[Sequence[int]], noise: torch.Tensor, history_filler: Sequence[int], pad_id: int
     ) -> torch.Tensor:
         """Lay out a batch's rows, prefill their own tokens and sample each row's first token.
 
-        The batch's shared prefix is computed once: prompts are sorted by length, so a batch gathers
-        prompts with the same few-shot block more often than the whole call does.
+        Blocks that prompts share (a few-shot document; the shots an instruction-prompt group starts
+        with) are computed once per block (`shared_prefixes`); each row then prefills only its own tokens.
         """
-        rows, prefix, width = len(sequences), shared_prefix_length(sequences), self.prompt_width
-        if prefix:
-            self._prefill_prefix(sequences[0][:prefix], rows)
-        suffixes = [s[prefix:] for s in sequences]
+        rows, width = len(sequences), self.prompt_width
+        blocks = shared_prefixes(sequences, width)
+        if len(blocks.rows):
+            heads = [sequences[r][: blocks.heads[r]] for r in blocks.rows.tolist()]
+            # a row without a block copies one it never sees (its slots before its own tokens are padding)
+            self._prefill_blocks(heads, torch.from_numpy(blocks.block.clip(min=0)).to(self.device), pad_id)
+        shared = blocks.heads
+        suffixes = [s[p:] for s, p in zip(sequences, shared.tolist(), strict=True)]
         batch_width = max(map(len, suffixes))
-        start = width - batch_width  # slots [prefix, start) are padding for every row of this batch
+        start = width - batch_width  # a row's slots [its block, start) are padding
         ids = aligned_rows(suffixes, batch_width, batch_width, np.full(rows, pad_id))
         history = aligned_rows(sequences, width, self.history.shape[1], np.asarray(history_filler))
         lengths = torch.tensor([len(s) for s in suffixes])
-        ids, lengths = ids.to(self.device), lengths.to(self.device)
+        prefix = torch.from_numpy(shared)[:, None]
+        ids, lengths, prefix = ids.to(self.device), lengths.to(self.device), prefix.to(self.device)
         self.history[:rows] = history.to(self.device)
-        padding = (width - lengths)[:, None]  # a row's slot minus its token position, from `prefix` on
+        padding = (width - lengths)[:, None]  # a row's slot minus its token position, past its block
         slots = self.slot[None, :]
         self.key_position[:rows] = torch.where(slots < prefix, slots, slots - padding + prefix)
         self.not_padding[:rows] = (slots < prefix) | (slots >= width - lengths[:, None])
-        self.first_position[:rows] = prefix + lengths
+        self.first_position[:rows] = prefix[:, 0] + lengths
         self.noise[: noise.shape[0], :rows] = noise.to(self.device)
         self.noise_column[:rows] = torch.arange(rows, device=self.device)
         self.cache.write_at = self.slot[start:width]

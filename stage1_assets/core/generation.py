@@ -2,7 +2,8 @@
 
 Prompts are sorted by length and cut into batches (less padding). Decoding runs a loop written
 here (core/decoding.py) rather than `model.generate`, because:
-  * the few-shot block the prompts of a batch share is computed once, not once per prompt;
+  * a block of tokens prompts of a batch start with (a few-shot document, the shots of an
+    instruction-prompt group) is computed once, not once per prompt;
   * stop sequences are checked on the text as it is produced, and rows that stop (or hit EOS)
     leave the batch, so finished rows stop costing compute;
   * on CUDA a decode step is replayed as a CUDA graph instead of hundreds of kernel launches,

@@ -78,7 +78,7 @@ def generate_instructions(
         if need <= 0:
             break
         asked = need + max(4, need // 4)  # a few spare for the filters
-        prompts_ = [prompts.instruction_prompt(pool, rng) for _ in range(asked)]
+        prompts_ = prompts.instruction_prompts(pool, rng, asked)
         completions, _ = generator.generate(prompts_, params, batch_size, seed=seed + round_no)
         candidates = []
         for completion in completions:

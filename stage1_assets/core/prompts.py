@@ -39,6 +39,12 @@ UNCONDITIONAL_CUE = "Response:"
 TEMPLATE_DELIMITERS: tuple[str, ...] = ("Instruction:", "Response:", "<start_of_turn>", "<end_of_turn>")
 
 INSTRUCTION_SHOTS = 8
+# Instruction prompts come in groups whose prompts share their first shots (then each draws its own):
+# the engine runs a block that prompts share through the model once (core/decoding.py), so a group
+# costs about a quarter of the prompt tokens of independent prompts. bench/instruction_prompts.py
+# measures what it does to the instructions (survival of the filters, diversity) on the real model.
+INSTRUCTION_GROUP = 64
+INSTRUCTION_SHARED_SHOTS = 6
 
 
 @dataclass(frozen=True)
@@ -67,17 +73,37 @@ def load_pool(name: str, exemplars_dir: Path = EXEMPLARS_DIR) -> tuple[Exemplar,
 
 @cache
 def prompt_version(exemplars_dir: Path = EXEMPLARS_DIR) -> str:
-    templates = [INSTRUCTION_HEADER, INSTRUCTION_LINE, RESPONSE_HEADER, PAIR_BLOCK, RESPONSE_CUE,
-                 UNCONDITIONAL_CUE, SFT_CUE, TEMPLATE_DELIMITERS, INSTRUCTION_SHOTS]  # fmt: skip
+    templates = [INSTRUCTION_HEADER, INSTRUCTION_LINE, RESPONSE_HEADER, PAIR_BLOCK, RESPONSE_CUE, UNCONDITIONAL_CUE,
+                 SFT_CUE, TEMPLATE_DELIMITERS, INSTRUCTION_SHOTS, INSTRUCTION_GROUP,
+                 INSTRUCTION_SHARED_SHOTS]  # fmt: skip
     pools = {name: sha256_file(exemplars_dir / name) for name in (TRAIN_POOL, TEST_POOL, QA_SHOTS, BAD_SHOTS)}
     return "p1-" + stable_hash([templates, pools])[:12]
 
 
-def instruction_prompt(pool: tuple[Exemplar, ...], rng: random.Random) -> str:
-    """A few-shot list of instructions ending in an open `Instruction:` line for the model to fill."""
-    shots = rng.sample(pool, k=min(INSTRUCTION_SHOTS, len(pool)))
-    lines = "".join(INSTRUCTION_LINE.format(instruction=s.instruction) for s in shots)
-    return INSTRUCTION_HEADER + lines + "Instruction:"
+def instruction_prompts(
+    pool: tuple[Exemplar, ...],
+    rng: random.Random,
+    count: int,
+    group_size: int = INSTRUCTION_GROUP,
+    shared_shots: int = INSTRUCTION_SHARED_SHOTS,
+) -> list[str]:
+    """`count` few-shot lists of distinct instructions, each ending in an open `Instruction:` line to fill.
+
+    Every `group_size` consecutive prompts share their first `shared_shots` shots (drawn per group)
+    and draw the rest of their INSTRUCTION_SHOTS each; `group_size=1, shared_shots=0` gives every
+    prompt shots of its own.
+    """
+    shots = min(INSTRUCTION_SHOTS, len(pool))
+    shared_shots = min(shared_shots, shots)
+    out: list[str] = []
+    while len(out) < count:
+        shared = rng.sample(range(len(pool)), k=shared_shots)
+        rest = [i for i in range(len(pool)) if i not in set(shared)]
+        for _ in range(min(group_size, count - len(out))):
+            picked = shared + rng.sample(rest, k=shots - shared_shots)
+            lines = "".join(INSTRUCTION_LINE.format(instruction=pool[i].instruction) for i in picked)
+            out.append(INSTRUCTION_HEADER + lines + "Instruction:")
+    return out
 
 
 def shots_document(shots: tuple[Exemplar, ...]) -> str:

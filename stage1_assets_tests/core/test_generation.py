@@ -8,7 +8,7 @@ import torch
 
 from stage1_assets.core import prompts
 from stage1_assets.core.config import SamplingParams
-from stage1_assets.core.decoding import StopWatch, TokenFetch, aligned_rows, shared_prefix_length
+from stage1_assets.core.decoding import StopWatch, TokenFetch, aligned_rows, shared_prefixes
 from stage1_assets.core.generation import STOP_WINDOW_TOKENS, Generator, sample_next, truncate_at_stop
 
 from ..support import PROMPTS
@@ -118,23 +118,71 @@ def reference_completion(lm, prompt: str, params: SamplingParams, seed: int, ind
     return text.strip()
 
 
-def test_shared_prefix_is_found_and_leaves_every_prompt_a_token():
-    assert shared_prefix_length([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11]]) == 9
-    assert shared_prefix_length([list(range(12)), list(range(12))]) == 11  # identical prompts keep one token each
-    assert shared_prefix_length([list(range(12)), [0, 1, 2] + list(range(20))]) == 0  # 3 tokens: not worth it
-    assert shared_prefix_length([]) == 0
+def test_shared_blocks_are_found_per_group_and_leave_every_prompt_a_token():
+    a, b = list(range(100, 120)), list(range(200, 230))
+    blocks = shared_prefixes([a + [1, 2], b + [7], [9] * 5, a + [3], b + [8, 9], a + [4, 5, 6]], width=40)
+    assert blocks.heads.tolist() == [20, 30, 0, 20, 30, 20]
+    assert blocks.block.tolist()[2] == -1 and len(blocks.rows) == 2
+    assert blocks.block[0] == blocks.block[3] == blocks.block[5] != blocks.block[1] == blocks.block[4]
+    assert blocks.rows[blocks.block[0]] in (0, 3, 5) and blocks.rows[blocks.block[1]] in (1, 4)
+    assert shared_prefixes([list(range(1, 11)), list(range(1, 10)) + [11]], 10).heads.tolist() == [9, 9]
+    assert shared_prefixes([list(range(12)), list(range(12))], 12).heads.tolist() == [11, 11]  # one token each
+    assert shared_prefixes([list(range(12)), [0, 1, 2] + list(range(20))], 23).heads.tolist() == [0, 0]  # 3 tokens
+    assert shared_prefixes([], 5).heads.tolist() == []
+
+
+def test_a_long_prompt_that_shares_nothing_gets_a_block_of_its_own_instead_of_setting_every_rows_rest():
+    block = list(range(100, 120))
+    sequences = [block + [1], block + [2], block + [3], block + [4], list(range(300, 321))]
+    blocks = shared_prefixes(sequences, 21)
+    assert blocks.heads.tolist() == [20] * 5  # every row prefills one token of its own after the blocks
+    assert len(set(blocks.block[:4].tolist())) == 1 and blocks.block[4] != blocks.block[0]
+    assert blocks.rows[blocks.block[4]] == 4
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_shared_blocks_are_true_prefixes_that_fit_the_slots_and_never_cost_more(seed):
+    rng = random.Random(seed)
+    starts = [[rng.randrange(50) for _ in range(rng.randint(0, 40))] for _ in range(rng.randint(1, 4))]
+    sequences = [rng.choice(starts) + [rng.randrange(50) for _ in range(rng.randint(1, 30))] for _ in range(12)]
+    width = max(map(len, sequences)) + rng.randint(0, 10)
+    heads, block, rows = shared_prefixes(sequences, width)
+    for row, (head, of) in enumerate(zip(heads.tolist(), block.tolist(), strict=True)):
+        assert head < len(sequences[row]) and (head == 0) == (of == -1)
+        if of >= 0:
+            source = rows[of]
+            assert sequences[row][:head] == sequences[source][:head] and heads[source] == head
+    rest = max(len(s) - h for s, h in zip(sequences, heads, strict=True))
+    assert heads.max() + rest <= width
+    # the blocks once (as a batch) and every row at the longest rest: never more than sharing nothing
+    assert len(rows) * heads.max() + len(sequences) * rest <= len(sequences) * max(map(len, sequences))
 
 
 def test_aligned_rows_end_every_sequence_at_one_column():
     rows = aligned_rows([[5, 6, 7], [8], [9, 10]], end=4, width=6, filler=np.array([1, 2, 3]))
     assert rows.tolist() == [[1, 5, 6, 7, 1, 1], [2, 2, 2, 8, 2, 2], [3, 3, 9, 10, 3, 3]]
     assert aligned_rows([[4, 5], [6]], end=2, width=2, filler=np.array([0, 0])).tolist() == [[4, 5], [0, 6]]
+    left = aligned_rows([[4, 5], [6]], end=np.array([2, 1]), width=3, filler=np.array([0, 9]))
+    assert left.tolist() == [[4, 5, 0], [6, 9, 9]]
 
 
 def test_few_shot_prompts_share_their_block(tiny_model):
     encoded = tiny_model.tokenizer(few_shot_prompts(4))["input_ids"]
     shots_tokens = len(tiny_model.tokenizer(prompts.shots_document(prompts.load_pool(prompts.QA_SHOTS)))["input_ids"])
-    assert shared_prefix_length(encoded) >= shots_tokens - 2  # the whole shot block, up to a merged boundary token
+    blocks = shared_prefixes(encoded, max(map(len, encoded)))
+    assert len(blocks.rows) == 1 and blocks.heads.min() >= shots_tokens - 2  # the whole shot block, about
+
+
+def grouped_instruction_prompts(count: int, group_size: int) -> list[str]:
+    return prompts.instruction_prompts(prompts.load_pool(prompts.TRAIN_POOL), random.Random(5), count, group_size)
+
+
+def test_an_instruction_prompt_group_shares_its_shots(tiny_model):
+    encoded = tiny_model.tokenizer(grouped_instruction_prompts(6, group_size=3))["input_ids"]
+    blocks = shared_prefixes(encoded, max(map(len, encoded)))
+    header = len(tiny_model.tokenizer(prompts.INSTRUCTION_HEADER)["input_ids"])
+    assert len(set(blocks.block[:3])) == 1 and len(set(blocks.block[3:])) == 1 and blocks.block[0] != blocks.block[3]
+    assert blocks.heads.min() > header + 2 * prompts.INSTRUCTION_SHARED_SHOTS  # the shots, not only the header
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +194,22 @@ def peaked_model(tiny_model):
     return SimpleNamespace(model=model, tokenizer=tiny_model.tokenizer)
 
 
-def test_sampled_completions_match_a_plain_reference_decoder(peaked_model):
-    """Prefix computed once, slots, two batches of one call, rows leaving at different lengths: the
-    same text as the whole sequence recomputed at every step, for the same per-prompt noise."""
-    texts = few_shot_prompts(6)
-    caps = [2, 9, 4, 12, 3, 7]
+@pytest.mark.parametrize("blocks", ["one block", "several blocks"])
+def test_sampled_completions_match_a_plain_reference_decoder(peaked_model, blocks):
+    """Shared blocks computed once (one few-shot document over two batches of a call; or, in one batch, two
+    instruction-prompt groups, a response document and a prompt of its own), slots, rows leaving at
+    different lengths: the same text as the whole sequence recomputed at every step, for the same noise."""
+    if blocks == "one block":
+        texts, batch_size = few_shot_prompts(6), 4
+    else:
+        texts = [*grouped_instruction_prompts(8, group_size=4), *few_shot_prompts(2), "A prompt of its own:"]
+        batch_size = len(texts)
+        encoded = peaked_model.tokenizer(texts)["input_ids"]
+        assert len(shared_prefixes(encoded, max(map(len, encoded))).rows) == 3, "the batch this test is about"
+    caps = [2, 9, 4, 12, 3, 7, 5, 11, 6, 8, 10][: len(texts)]
     params = SamplingParams(temperature=0.9, top_p=0.95, repetition_penalty=1.0, max_new_tokens=12)
     gen = Generator(peaked_model.model, peaked_model.tokenizer)
-    ours, _ = gen.generate(texts, params, batch_size=4, seed=11, length_caps=caps)
+    ours, _ = gen.generate(texts, params, batch_size=batch_size, seed=11, length_caps=caps)
     expected = [reference_completion(peaked_model, text, params, 11, i, cap)
                 for i, (text, cap) in enumerate(zip(texts, caps, strict=True))]  # fmt: skip
     assert [c.text for c in ours] == expected

@@ -34,33 +34,52 @@ def copy_exemplars(target):
 # --- instruction prompt ---------------------------------------------------------------------------
 
 
-def test_instruction_prompt_is_header_then_distinct_shots_then_an_open_instruction_line():
-    exemplars = pool(20)
-    text = prompts.instruction_prompt(exemplars, random.Random(0))
+def shots_of(text: str) -> list[str]:
+    """The shots of an instruction prompt, in order, after checking its frame."""
     assert text.startswith(prompts.INSTRUCTION_HEADER)
     assert text.endswith("\nInstruction:"), "the model must fill exactly one open Instruction line"
-    body = text[len(prompts.INSTRUCTION_HEADER) : -len("Instruction:")]
-    lines = body.splitlines()
+    lines = text[len(prompts.INSTRUCTION_HEADER) : -len("Instruction:")].splitlines()
     assert all(line.startswith("Instruction: ") for line in lines)
-    used = [line.removeprefix("Instruction: ") for line in lines]
-    assert len(used) == prompts.INSTRUCTION_SHOTS == len(set(used)), "INSTRUCTION_SHOTS distinct shots"
-    assert set(used) <= {e.instruction for e in exemplars}
+    return [line.removeprefix("Instruction: ") for line in lines]
 
 
-def test_instruction_prompt_with_a_small_pool_uses_every_exemplar_once():
+def test_instruction_prompts_are_header_then_distinct_shots_then_an_open_instruction_line():
+    exemplars = pool(20)
+    for text in prompts.instruction_prompts(exemplars, random.Random(0), 10, group_size=4, shared_shots=6):
+        used = shots_of(text)
+        assert len(used) == prompts.INSTRUCTION_SHOTS == len(set(used)), "INSTRUCTION_SHOTS distinct shots"
+        assert set(used) <= {e.instruction for e in exemplars}
+
+
+def test_a_group_of_instruction_prompts_shares_its_first_shots_and_draws_the_rest_per_prompt():
+    texts = prompts.instruction_prompts(pool(30), random.Random(2), 10, group_size=4, shared_shots=5)
+    groups = [texts[0:4], texts[4:8], texts[8:10]]  # the last group is what is left of the count
+    assert len(texts) == 10
+    for group in groups:
+        shots = [shots_of(t) for t in group]
+        assert all(s[:5] == shots[0][:5] for s in shots), "the group's shared shots, in the same order"
+        assert len({tuple(s[5:]) for s in shots}) == len(group), "each prompt's own shots"
+    assert len({tuple(shots_of(g[0])[:5]) for g in groups}) == 3, "each group draws its shared shots"
+
+
+def test_instruction_prompts_without_groups_draw_every_prompt_its_own_shots():
+    texts = prompts.instruction_prompts(pool(30), random.Random(3), 6, group_size=1, shared_shots=0)
+    assert len({shots_of(t)[0] for t in texts}) > 3  # 6 first shots from 30: mostly distinct unless shared
+
+
+def test_instruction_prompts_with_a_small_pool_use_every_exemplar_once():
     exemplars = pool(prompts.INSTRUCTION_SHOTS - 3)
-    text = prompts.instruction_prompt(exemplars, random.Random(1))
-    assert sorted(text.count(e.instruction) for e in exemplars) == [1] * len(exemplars)
+    for text in prompts.instruction_prompts(exemplars, random.Random(1), 3):
+        assert sorted(text.count(e.instruction) for e in exemplars) == [1] * len(exemplars)
 
 
-def test_instruction_prompt_is_reproducible_for_a_seeded_rng_and_varies_between_calls():
+def test_instruction_prompts_are_reproducible_for_a_seeded_rng_and_vary_between_calls():
     exemplars = pool(30)
-    first = [prompts.instruction_prompt(exemplars, rng) for rng in [random.Random(42)] for _ in range(3)]
-    again = [prompts.instruction_prompt(exemplars, rng) for rng in [random.Random(42)] for _ in range(3)]
-    assert first == again
-    # successive prompts from one rng draw different shots (30 choose 8 orderings: equal only by a bug)
+    first = prompts.instruction_prompts(exemplars, random.Random(42), 3)
+    assert first == prompts.instruction_prompts(exemplars, random.Random(42), 3)
+    # successive prompts draw different shots of their own (22 choose 2 orderings: equal only by a bug)
     assert len(set(first)) == 3
-    assert prompts.instruction_prompt(exemplars, random.Random(43)) != first[0]
+    assert prompts.instruction_prompts(exemplars, random.Random(43), 1) != first[:1]
 
 
 def test_an_instruction_completion_is_cut_at_the_next_instruction_line_and_cleaned():
@@ -153,6 +172,8 @@ def test_prompt_version_changes_when_any_exemplar_file_changes(tmp_path, name):
         ("UNCONDITIONAL_CUE", "Answer:"),
         ("TEMPLATE_DELIMITERS", ("Instruction:",)),
         ("INSTRUCTION_SHOTS", 4),
+        ("INSTRUCTION_GROUP", 1),
+        ("INSTRUCTION_SHARED_SHOTS", 0),
     ],
 )
 def test_prompt_version_changes_when_a_template_changes(tmp_path, monkeypatch, attribute, value):
