@@ -65,9 +65,9 @@ def shared_prefixes(sequences: Sequence[Sequence[int]], width: int) -> SharedBlo
     Prefill runs the blocks first, each once (as a batch padded to the longest block), then every
     prompt's own rest, padded to the longest rest. Prompts that share their first tokens form a group
     with one block: prompts group by how many tokens they share with their lexicographic neighbours,
-    and every cut through those figures is tried. A prompt whose group's block leaves it a rest longer
-    than the others' (one that shares nothing) is given a block of its own, so that it does not set
-    every row's rest. A block leaves each prompt at least one token of its own (its logits start
+    and up to MAX_GROUPING_CUTS cuts through those figures are tried. A prompt whose group's block
+    leaves it a rest longer than the others' (one that shares nothing) is given a block of its own,
+    so that it does not set every row's rest. A block leaves each prompt at least one token of its own (its logits start
     decoding) and, with the longest rest after it, fits in `width` slots.
     """
     n = len(sequences)
