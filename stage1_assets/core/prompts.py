@@ -41,7 +41,7 @@ TEMPLATE_DELIMITERS: tuple[str, ...] = ("Instruction:", "Response:", "<start_of_
 INSTRUCTION_SHOTS = 8
 # Instruction prompts come in groups whose prompts share their first shots (then each draws its own):
 # the engine runs a block that prompts share through the model once (core/decoding.py), so a group
-# costs about a quarter of the prompt tokens of independent prompts. bench/instruction_prompts.py
+# prefills about a third of the prompt tokens of independent prompts. bench/instruction_prompts.py
 # measures what it does to the instructions (survival of the filters, diversity) on the real model.
 INSTRUCTION_GROUP = 64
 INSTRUCTION_SHARED_SHOTS = 6
@@ -98,7 +98,8 @@ def instruction_prompts(
     out: list[str] = []
     while len(out) < count:
         shared = rng.sample(range(len(pool)), k=shared_shots)
-        rest = [i for i in range(len(pool)) if i not in set(shared)]
+        taken = set(shared)
+        rest = [i for i in range(len(pool)) if i not in taken]
         for _ in range(min(group_size, count - len(out))):
             picked = shared + rng.sample(rest, k=shots - shared_shots)
             lines = "".join(INSTRUCTION_LINE.format(instruction=pool[i].instruction) for i in picked)
