@@ -409,6 +409,8 @@ def main() -> None:
         action="store_true",
         help="let inference attention use cuDNN (the pipeline leaves it out: core/kernels.py)",
     )
+    parser.add_argument("--liger-norms", action="store_true",
+                        help="Liger's Triton RMSNorm for inference, as before 2026-12-01 (core/kernels.py)")
     parser.add_argument("--min-graph-rows", type=int, help="the smallest decode graph (core/generation.py)")
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=16)
@@ -433,7 +435,8 @@ def main() -> None:
         parser.error("--gguf holds the 270M model's weights: use it with --arch 270m")
     build = lambda: build_model(args.tokenizer_dir, args.arch, args.device, gguf=args.gguf)  # noqa: E731
     (model, tokenizer), build_seconds = timed(args.device, build)
-    fused = fuse_with_liger(model) if args.device.startswith("cuda") and not args.no_fused_kernels else NO_FUSED_KERNELS
+    fusing = args.device.startswith("cuda") and not args.no_fused_kernels  # as core.model_loader.load_model does
+    fused = fuse_with_liger(model, for_inference=not args.liger_norms) if fusing else NO_FUSED_KERNELS
     weights = "real weights: " + Path(args.gguf).name if args.gguf else "random weights"
     result = {"arch": f"gemma3-{args.arch} ({weights})", "fused_kernels": fused,
               "parameters": sum(p.numel() for p in model.parameters()), "device": args.device,

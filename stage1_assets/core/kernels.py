@@ -2,7 +2,10 @@
 
 Both matter only on CUDA; on CPU the model runs as transformers builds it.
   * `fuse_with_liger`: Liger's fused RMSNorm and GeGLU replace Gemma's many small fp32 norm and
-    activation kernels, which bound a captured decode or training step (BENCHMARKS.md).
+    activation kernels, which bound a captured decode or training step (BENCHMARKS.md). For
+    inference the norms run torch's own fused `rms_norm` instead: Liger's are five Triton kernel
+    variants that a process compiles when Triton's cache is empty, ~1.5-3 s of a 1,500-pair 1B
+    shard; the critic's forward is ~0.4 s slower without them (BENCHMARKS.md).
   * `vocabulary_logprobs`: log p(target) over the full vocabulary. On a model fused with Liger it is
     Liger's fused linear cross-entropy: the bf16 logits are read once by a kernel that keeps the
     log-sum-exp in fp32, instead of being copied to fp32 and reduced in several passes (the critic's
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +39,9 @@ FUSED_ATTRIBUTE = "stage1_fused_kernels"
 LOGIT_CHUNK = 1024
 
 
-def fuse_with_liger(model: Any) -> str:
-    """Liger's fused RMSNorm and GeGLU kernels on this Gemma 3 model instance. Returns what was fused."""
+def fuse_with_liger(model: Any, for_inference: bool = False) -> str:
+    """Liger's fused RMSNorm and GeGLU kernels on this Gemma 3 model instance. Returns what was fused.
+    `for_inference`: the norms run torch's fused `rms_norm` (no compilation) instead of Liger's."""
     if model.config.model_type != "gemma3_text":
         return NO_FUSED_KERNELS
     try:
@@ -47,12 +53,22 @@ def fuse_with_liger(model: Any) -> str:
 
     classes = modeling_gemma3.Gemma3RMSNorm, modeling_gemma3.Gemma3MLP
     try:
-        apply_liger_kernel_to_gemma3_text(rope=False, fused_linear_cross_entropy=False, model=model)
+        apply_liger_kernel_to_gemma3_text(rope=False, fused_linear_cross_entropy=False, rms_norm=not for_inference,
+                                          model=model)  # fmt: skip
     finally:  # it also swaps the module's classes, which would reach every Gemma 3 loaded later in the process
         modeling_gemma3.Gemma3RMSNorm, modeling_gemma3.Gemma3MLP = classes
-    fused = "Liger RMSNorm, GeGLU"
+    if for_inference:
+        for module in model.modules():
+            if isinstance(module, modeling_gemma3.Gemma3RMSNorm):
+                module.forward = types.MethodType(fp32_rms_norm, module)
+    fused = "Liger GeGLU, torch RMSNorm" if for_inference else "Liger RMSNorm, GeGLU"
     setattr(model, FUSED_ATTRIBUTE, fused)
     return fused
+
+
+def fp32_rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """Gemma 3's RMSNorm (float32, scaled by 1 + weight, cast back) as one call of torch's fused `rms_norm`."""
+    return F.rms_norm(x.float(), (x.shape[-1],), 1.0 + norm.weight.float(), norm.eps).type_as(x)
 
 
 def is_fused(model: Any) -> bool:

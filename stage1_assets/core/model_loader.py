@@ -294,7 +294,8 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device_name).eval()
-    fused = fuse_with_liger(model) if device_name.startswith("cuda") and fused_kernels else NO_FUSED_KERNELS
+    fusing = device_name.startswith("cuda") and fused_kernels
+    fused = fuse_with_liger(model, for_inference=True) if fusing else NO_FUSED_KERNELS
     info = ModelInfo(
         name=name,
         source=source,

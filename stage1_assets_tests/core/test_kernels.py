@@ -3,7 +3,13 @@
 import torch
 
 from stage1_assets.core import kernels
-from stage1_assets.core.kernels import NO_FUSED_KERNELS, inference_attention, is_fused, vocabulary_logprobs
+from stage1_assets.core.kernels import (
+    NO_FUSED_KERNELS,
+    fp32_rms_norm,
+    inference_attention,
+    is_fused,
+    vocabulary_logprobs,
+)
 
 
 def test_inference_attention_leaves_out_cudnn_on_cuda_and_restores_the_backends() -> None:
@@ -45,3 +51,19 @@ def test_vocabulary_logprobs_match_a_log_softmax_across_chunk_boundaries(tiny_mo
     assert got.dtype == torch.float32 and got.shape == (7,)
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(shuffled, expected, atol=1e-3)  # each position is scored against its own target
+
+
+def test_fp32_rms_norm_computes_gemmas_norm_in_its_dtype() -> None:
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    gen = torch.Generator().manual_seed(0)
+    norm = Gemma3RMSNorm(48, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48, generator=gen) * 0.1)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = (torch.randn(3, 5, 48, generator=gen) * 4).to(dtype)
+        got = fp32_rms_norm(norm, x)
+        assert got.dtype == dtype and got.shape == x.shape
+        assert torch.allclose(got.float(), norm(x).float(), atol=1e-5, rtol=1e-5 if dtype == torch.float32 else 1e-2)
+    unscaled = Gemma3RMSNorm(48, eps=1e-6)  # weight 0: a scale of exactly 1
+    assert not torch.allclose(fp32_rms_norm(unscaled, x).float(), norm(x).float(), atol=1e-2)  # the weight counts
