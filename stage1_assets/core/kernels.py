@@ -4,8 +4,8 @@ Both matter only on CUDA; on CPU the model runs as transformers builds it.
   * `fuse_with_liger`: Liger's fused RMSNorm and GeGLU replace Gemma's many small fp32 norm and
     activation kernels, which bound a captured decode or training step (BENCHMARKS.md). For
     inference the norms run torch's own fused `rms_norm` instead: Liger's are five Triton kernel
-    variants that a process compiles when Triton's cache is empty, ~1.5-3 s of a 1,500-pair 1B
-    shard; the critic's forward is ~0.4 s slower without them (BENCHMARKS.md).
+    variants that a process compiles when Triton's cache is empty, 1-3 s of a 1,500-pair 1B shard;
+    the critic's long forwards are up to ~0.5 s slower without them (BENCHMARKS.md).
   * `vocabulary_logprobs`: log p(target) over the full vocabulary. On a model fused with Liger it is
     Liger's fused linear cross-entropy: the bf16 logits are read once by a kernel that keeps the
     log-sum-exp in fp32, instead of being copied to fp32 and reduced in several passes (the critic's
