@@ -67,8 +67,8 @@ def shared_prefixes(sequences: Sequence[Sequence[int]], width: int) -> SharedBlo
     with one block: prompts group by how many tokens they share with their lexicographic neighbours,
     and up to MAX_GROUPING_CUTS cuts through those figures are tried. A prompt whose group's block
     leaves it a rest longer than the others' (one that shares nothing) is given a block of its own,
-    so that it does not set every row's rest. A block leaves each prompt at least one token of its own (its logits start
-    decoding) and, with the longest rest after it, fits in `width` slots.
+    so that it does not set every row's rest. A block leaves each prompt at least one token of its
+    own (its logits start decoding) and, with the longest rest after it, fits in `width` slots.
     """
     n = len(sequences)
     nothing = SharedBlocks(np.zeros(n, dtype=np.int64), np.full(n, -1), np.zeros(0, dtype=np.int64))
