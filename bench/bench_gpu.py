@@ -27,7 +27,7 @@ from stage1_assets.core import decoding, generation, kernels, prompts
 from stage1_assets.core.config import CriticParams, InstructionSampling, ResponseSampling
 from stage1_assets.core.critic import Critic
 from stage1_assets.core.generation import Generator
-from stage1_assets.core.kernels import NO_FUSED_KERNELS, fuse_with_liger, inference_attention
+from stage1_assets.core.kernels import NO_FUSED_KERNELS, fuse_for_inference, fuse_with_liger, inference_attention
 from stage1_assets.core.training import TrainingParams, train_adapter
 
 # Gemma 3 1B text-model shape (hidden 1152, 26 layers, GQA 4:1, 262k vocab): ~1.0B parameters.
@@ -182,30 +182,37 @@ def bench_critic(model, tokenizer, device: str, pairs: int, batch: int) -> dict:
             "seconds": round(seconds, 2), "pairs_per_s": round(pairs / seconds, 1)}  # fmt: skip
 
 
+def liger_vocabulary_logprobs(model, hidden, targets):
+    """`kernels.vocabulary_logprobs` by Liger's fused linear cross-entropy (Triton), the shipped path's peer."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return -liger_fused_linear_cross_entropy(hidden, head.weight, targets, bias=head.bias, reduction="none",
+                                             softcap=cap)  # fmt: skip
+
+
 def scoring_check(model, tokenizer, device: str, pairs: int, batch: int) -> dict:
-    """The critic's evidence with Liger's fused linear cross-entropy (a fused model's scoring) and with the
-    plain chunked log-softmax, same pairs: the seconds of each and the largest difference of each signal."""
+    """The critic's evidence with the shipped log-probabilities (torch) and with Liger's fused linear
+    cross-entropy, same pairs: the seconds of each and the largest difference of each signal."""
+    import stage1_assets.core.scoring as scoring
+
     data = critic_pairs(pairs)
     critic = Critic(model, tokenizer, CriticParams(batch_size=batch))
-    critic.score(data[:16])  # the documents' caches and the kernels' first use
-    fused = getattr(model, kernels.FUSED_ATTRIBUTE, None)
+    shipped = scoring.vocabulary_logprobs
     runs = {}
-    if fused:
-        runs["fused"] = timed(device, lambda: critic.evidence(data))
-        delattr(model, kernels.FUSED_ATTRIBUTE)  # the plain path, on the same model
-    try:
-        runs["plain"] = timed(device, lambda: critic.evidence(data))
-    finally:
-        if fused:
-            setattr(model, kernels.FUSED_ATTRIBUTE, fused)
-    report = {"pairs": pairs, "batch_size": batch, **{f"{k}_seconds": round(v[1], 2) for k, v in runs.items()}}
-    if "fused" in runs:
-        both = list(zip(runs["fused"][0], runs["plain"][0], strict=True))
-        report["max_abs_difference_nats"] = {
-            signal: float(f"{max(abs(getattr(a, signal) - getattr(b, signal)) for a, b in both):.3g}")
-            for signal in ("end", "pmi", "contrast", "cond_logprob")
-        }
-    return report
+    for name, logprobs in (("torch", shipped), ("liger", liger_vocabulary_logprobs)):
+        scoring.vocabulary_logprobs = logprobs
+        try:
+            critic.score(data[:16])  # the documents' caches and the kernels' first use
+            runs[name] = timed(device, lambda: critic.evidence(data))
+        finally:
+            scoring.vocabulary_logprobs = shipped
+    both = list(zip(runs["torch"][0], runs["liger"][0], strict=True))
+    return {"pairs": pairs, "batch_size": batch, **{f"{k}_seconds": round(v[1], 2) for k, v in runs.items()},
+            "max_abs_difference_nats": {
+                signal: float(f"{max(abs(getattr(a, signal) - getattr(b, signal)) for a, b in both):.3g}")
+                for signal in ("end", "pmi", "contrast", "cond_logprob")}}  # fmt: skip
 
 
 def logits_check(model, tokenizer, rows: int = 8, steps: int = 12) -> dict:
@@ -409,8 +416,9 @@ def main() -> None:
         action="store_true",
         help="let inference attention use cuDNN (the pipeline leaves it out: core/kernels.py)",
     )
-    parser.add_argument("--liger-norms", action="store_true",
-                        help="Liger's Triton RMSNorm for inference, as before 2026-12-01 (core/kernels.py)")
+    parser.add_argument("--liger-inference", action="store_true",
+                        help="inference on Liger's Triton kernels (norms, GeGLU, the critic's cross-entropy), as "
+                        "shipped until 2026-12-01 (core/kernels.py)")
     parser.add_argument("--min-graph-rows", type=int, help="the smallest decode graph (core/generation.py)")
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=16)
@@ -420,7 +428,7 @@ def main() -> None:
     parser.add_argument(
         "--no-fused-kernels",
         action="store_true",
-        help="without Liger's kernels (the pipeline's default on CUDA: core/kernels.py)",
+        help="without the fused norms (the pipeline's default on CUDA: core/kernels.py)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -436,7 +444,11 @@ def main() -> None:
     build = lambda: build_model(args.tokenizer_dir, args.arch, args.device, gguf=args.gguf)  # noqa: E731
     (model, tokenizer), build_seconds = timed(args.device, build)
     fusing = args.device.startswith("cuda") and not args.no_fused_kernels  # as core.model_loader.load_model does
-    fused = fuse_with_liger(model, for_inference=not args.liger_norms) if fusing else NO_FUSED_KERNELS
+    fused = (fuse_with_liger if args.liger_inference else fuse_for_inference)(model) if fusing else NO_FUSED_KERNELS
+    if fusing and args.liger_inference:
+        import stage1_assets.core.scoring as scoring
+
+        scoring.vocabulary_logprobs, fused = liger_vocabulary_logprobs, fused + ", cross-entropy"
     weights = "real weights: " + Path(args.gguf).name if args.gguf else "random weights"
     result = {"arch": f"gemma3-{args.arch} ({weights})", "fused_kernels": fused,
               "parameters": sum(p.numel() for p in model.parameters()), "device": args.device,

@@ -112,9 +112,8 @@ class BaseModelResource(dg.ConfigurableResource):
     override_reason: str | None = Field(default=None, description="Why the guard is overridden.")
     fused_kernels: bool = Field(
         default=True,
-        description="On CUDA, run Liger's fused GeGLU kernel and torch's fused RMSNorm, and Liger's fused linear "
-        "cross-entropy for the critic's and judge's log-probabilities (needs the `cuda` extra; same function, "
-        "fewer kernels: BENCHMARKS.md).",
+        description="On CUDA, run each of Gemma's float32 norms as one call of torch's fused RMSNorm (the same "
+        "function to float rounding, fewer kernels; no Triton compilation: BENCHMARKS.md).",
     )
     gpu_wait_seconds: float = Field(
         default=600.0, ge=0.0, description="How long to wait for a free GPU when every GPU of the host is claimed."

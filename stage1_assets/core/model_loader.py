@@ -267,11 +267,11 @@ def load_model(
     fused_kernels: bool = True,
 ) -> LoadedModel:
     """Resolve, guard, load and fingerprint a causal LM. Guard failures happen before weights load.
-    On CUDA, `fused_kernels` patches Liger's fused kernels into the model (core/kernels.py)."""
+    On CUDA, `fused_kernels` fuses Gemma's norms into one kernel each (core/kernels.py)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .kernels import NO_FUSED_KERNELS, fuse_with_liger
+    from .kernels import NO_FUSED_KERNELS, fuse_for_inference
 
     start = time.perf_counter()
     path, name, converted = resolve_source(source, Path(models_dir), allow_hub)
@@ -295,7 +295,7 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device_name).eval()
     fusing = device_name.startswith("cuda") and fused_kernels
-    fused = fuse_with_liger(model, for_inference=True) if fusing else NO_FUSED_KERNELS
+    fused = fuse_for_inference(model) if fusing else NO_FUSED_KERNELS
     info = ModelInfo(
         name=name,
         source=source,

@@ -1,13 +1,18 @@
 """The GPU kernel choices of core/kernels.py, checked where they can be on a CPU host."""
 
+import copy
+
 import torch
 
 from stage1_assets.core import kernels
 from stage1_assets.core.kernels import (
+    FUSED_ATTRIBUTE,
+    INFERENCE_KERNELS,
     NO_FUSED_KERNELS,
+    float_logits,
     fp32_rms_norm,
+    fuse_for_inference,
     inference_attention,
-    is_fused,
     vocabulary_logprobs,
 )
 
@@ -34,8 +39,37 @@ def test_a_model_loaded_on_cpu_runs_unfused(tiny_model) -> None:
     assert tiny_model.info.as_dict()["fused_kernels"] == NO_FUSED_KERNELS  # recorded with the model's provenance
 
 
-def test_a_model_loaded_on_cpu_is_not_marked_fused(tiny_model) -> None:
-    assert not is_fused(tiny_model.model)  # so scoring takes the plain path, which runs on a CPU
+def test_a_model_loaded_on_cpu_keeps_gemmas_own_norms(tiny_model) -> None:
+    assert not hasattr(tiny_model.model, FUSED_ATTRIBUTE)
+    norms = [m for m in tiny_model.model.modules() if type(m).__name__ == "Gemma3RMSNorm"]
+    assert norms and all("forward" not in vars(m) for m in norms)  # no instance-bound replacement
+
+
+def test_inference_fusion_binds_every_norm_and_leaves_the_logits(tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        assert fuse_for_inference(model) == INFERENCE_KERNELS == getattr(model, FUSED_ATTRIBUTE)
+        after = model(input_ids=ids).logits
+    norms = [m for m in model.modules() if type(m).__name__ == "Gemma3RMSNorm"]
+    # per layer: input, post-attention, pre- and post-feed-forward, query and key norms; and the final norm
+    assert len(norms) == 6 * model.config.num_hidden_layers + 1
+    assert all(vars(m)["forward"].__func__ is fp32_rms_norm for m in norms)
+    assert torch.allclose(after, before, atol=1e-4)
+
+
+def test_float_logits_are_the_heads_output_in_float32(tiny_model) -> None:
+    head = tiny_model.model.get_output_embeddings()
+    hidden = torch.randn(4, head.in_features, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        logits = float_logits(head, hidden)
+        assert logits.dtype == torch.float32 and torch.equal(logits, head(hidden))
+        half = float_logits(copy.deepcopy(head).bfloat16(), hidden.bfloat16())  # on CPU: the bf16 product, widened
+    assert half.dtype == torch.float32 and not torch.equal(half, logits)
+    assert torch.allclose(half, logits, atol=0.1)
 
 
 def test_vocabulary_logprobs_match_a_log_softmax_across_chunk_boundaries(tiny_model, monkeypatch) -> None:
