@@ -76,6 +76,17 @@ def response_prompts(n: int, seed: int) -> tuple[list[str], list[str]]:
     return instructions, [prompts.response_prompt(i, shots[: rng.randint(4, len(shots))]) for i in instructions]
 
 
+def cuda_milliseconds(fn, repeats: int = 10) -> float:
+    """Mean milliseconds of `fn` on the current CUDA device over `repeats` calls, after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return round((time.perf_counter() - start) / repeats * 1e3, 3)
+
+
 def timed(device: str, fn):
     sync(device)
     start = time.perf_counter()

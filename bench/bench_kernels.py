@@ -14,26 +14,15 @@ Usage on the GPU host: bash scripts/gpu_bench.sh run .bench-carry bench/bench_ke
 
 import argparse
 import json
-import time
 import types
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_gpu import cuda_milliseconds
 
 from stage1_assets.core import kernels
 
 VOCABULARY, HIDDEN, CHUNK = 262_144, 1152, 1024
-
-
-def milliseconds(fn: Callable[[], object], repeats: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return round((time.perf_counter() - start) / repeats * 1e3, 3)
 
 
 def logprob_paths(chunks: int) -> dict:
@@ -59,7 +48,7 @@ def logprob_paths(chunks: int) -> dict:
     exact = (hidden[:4096].double() @ head.weight.double().T).log_softmax(-1).gather(1, targets[:4096, None])[:, 0]
     report = {}
     for name, path in paths.items():
-        seconds = milliseconds(lambda path=path: path(hidden, targets), repeats=3) / chunks
+        seconds = cuda_milliseconds(lambda path=path: path(hidden, targets), repeats=3) / chunks
         error = (path(hidden[:4096], targets[:4096]).double() - exact).abs().max().item()
         report[name] = {"ms_per_1024_positions": round(seconds, 3), "max_error_vs_float64_nats": float(f"{error:.2g}")}
     return report
@@ -85,16 +74,16 @@ def norm_paths() -> dict:
             pass
         reference = norm(x)
         report[f"rms_norm_{'x'.join(map(str, shape))}"] = {
-            name: {"ms": milliseconds(lambda path=path, x=x: path(x)),
+            name: {"ms": cuda_milliseconds(lambda path=path, x=x: path(x)),
                    "fraction_differing_from_hf": float(f"{(path(x) != reference).float().mean().item():.2g}")}
             for name, path in paths.items()
         }  # fmt: skip
     gate, up = (torch.randn(38_000, 6912, device="cuda").bfloat16() for _ in range(2))
-    geglu = {"torch": milliseconds(lambda: F.gelu(gate, approximate="tanh") * up)}
+    geglu = {"torch": cuda_milliseconds(lambda: F.gelu(gate, approximate="tanh") * up)}
     try:
         from liger_kernel.ops.geglu import LigerGELUMulFunction
 
-        geglu["liger"] = milliseconds(lambda: LigerGELUMulFunction.apply(gate, up))
+        geglu["liger"] = cuda_milliseconds(lambda: LigerGELUMulFunction.apply(gate, up))
     except ImportError:
         pass
     report["geglu_ms_38000x6912"] = geglu

@@ -8,20 +8,10 @@ import json
 import time
 
 import torch
-from bench_gpu import build_model, response_prompts
+from bench_gpu import build_model, cuda_milliseconds, response_prompts
 
 from stage1_assets.core.config import ResponseSampling
 from stage1_assets.core.generation import STOP_WINDOW_TOKENS, sample_next
-
-
-def ms(fn, device, reps=10):
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return round((time.perf_counter() - start) / reps * 1000, 2)
 
 
 def main() -> None:
@@ -31,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import DynamicCache
 
-    model, tok = build_model(args.tokenizer_dir, "1b", "cuda")
+    model, tok = build_model(args.tokenizer_dir, "1b")
     _, texts = response_prompts(args.batch, seed=1)
     enc = tok(texts, return_tensors="pt", padding=True).to("cuda")
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -59,20 +49,20 @@ def main() -> None:
                 logits_to_keep=1,
             )
 
-        out["decode_forward_ms"] = ms(forward, "cuda", reps=5)
+        out["decode_forward_ms"] = cuda_milliseconds(forward, repeats=5)
         logits = res.logits[:, -1, :]
         uni = torch.rand(args.batch)
         params = ResponseSampling()
-        out["sample_next_ms"] = ms(lambda: sample_next(logits, ids, params, uni), "cuda")
+        out["sample_next_ms"] = cuda_milliseconds(lambda: sample_next(logits, ids, params, uni))
         toks = [list(range(100, 100 + STOP_WINDOW_TOKENS))] * args.batch
-        out["stop_decode_loop_ms"] = ms(lambda: [tok.decode(t, skip_special_tokens=True) for t in toks], "cuda")
-        out["tolist_sync_ms"] = ms(lambda: (nxt.tolist(), torch.isin(nxt, nxt[:2]).tolist()), "cuda")
+        out["stop_decode_loop_ms"] = cuda_milliseconds(lambda: [tok.decode(t, skip_special_tokens=True) for t in toks])
+        out["tolist_sync_ms"] = cuda_milliseconds(lambda: (nxt.tolist(), torch.isin(nxt, nxt[:2]).tolist()))
         print(json.dumps(out), flush=True)
         keep = torch.arange(0, args.batch - 8, device="cuda")
-        out["compaction_ms"] = ms(
+        out["compaction_ms"] = cuda_milliseconds(
             lambda: [(layer.keys[keep], layer.values[keep]) for layer in cache.layers if layer.keys is not None], "cuda"
         )
-        out["uniforms_ms"] = ms(
+        out["uniforms_ms"] = cuda_milliseconds(
             lambda: torch.rand(2000, generator=torch.Generator().manual_seed(1))[torch.arange(256)], "cuda"
         )
     print(json.dumps(out, indent=2))
