@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import DynamicCache
 
-    model, tok = build_model(args.tokenizer_dir, "1b")
+    model, tok = build_model(args.tokenizer_dir, "1b", "cuda")
     _, texts = response_prompts(args.batch, seed=1)
     enc = tok(texts, return_tensors="pt", padding=True).to("cuda")
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -60,10 +60,10 @@ def main() -> None:
         print(json.dumps(out), flush=True)
         keep = torch.arange(0, args.batch - 8, device="cuda")
         out["compaction_ms"] = cuda_milliseconds(
-            lambda: [(layer.keys[keep], layer.values[keep]) for layer in cache.layers if layer.keys is not None], "cuda"
+            lambda: [(layer.keys[keep], layer.values[keep]) for layer in cache.layers if layer.keys is not None]
         )
         out["uniforms_ms"] = cuda_milliseconds(
-            lambda: torch.rand(2000, generator=torch.Generator().manual_seed(1))[torch.arange(256)], "cuda"
+            lambda: torch.rand(2000, generator=torch.Generator().manual_seed(1))[torch.arange(256)]
         )
     print(json.dumps(out, indent=2))
 
